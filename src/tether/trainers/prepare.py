@@ -1,0 +1,79 @@
+"""From a DataConfig to tokenized training and evaluation examples, with every drop reported."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from tether.config import DataConfig
+from tether.trainers.offline import Example
+
+
+@dataclass
+class PreparedData:
+    train: list[Example]
+    eval: list[Example]
+    report: list[str] = field(default_factory=list)  # human-readable lines: counts, skips, truncations
+
+
+def _to_example(item) -> Example:
+    """One encoded record (see tether.data.encode.encode_records) -> an Example."""
+    from tether.data.encode import Encoded
+
+    if isinstance(item, Encoded):  # demonstration
+        return Example([(item.input_ids, item.prompt_len)])
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], bool):  # unpaired (encoded, label)
+        enc, label = item
+        return Example([(enc.input_ids, enc.prompt_len)], {"label": label})
+    if isinstance(item, tuple) and len(item) == 2:  # pair (chosen, rejected)
+        chosen, rejected = item
+        return Example([(chosen.input_ids, chosen.prompt_len), (rejected.input_ids, rejected.prompt_len)])
+    return Example([(e.input_ids, e.prompt_len) for e in item])  # ranking, best first
+
+
+def _encode(tokenizer, records, cfg: DataConfig, what: str, report: list[str]) -> list[Example]:
+    from tether.data.encode import encode_records
+
+    items, stats = encode_records(tokenizer, records, cfg.max_length, cfg.truncation)
+    examples = []
+    for record, item in zip(stats.kept_records, items):
+        example = _to_example(item)
+        margin = getattr(record, "margin", None)
+        if margin is not None:
+            example.extra["margin"] = float(margin)
+        scores = getattr(record, "scores", None)
+        if scores is not None:
+            example.extra["scores"] = list(scores)
+        example.extra["source"] = f"{record.source.path}:{record.source.line}"
+        examples.append(example)
+    report.append(f"{what}: {len(examples)} examples ({stats.describe()})")
+    return examples
+
+
+def prepare_data(tokenizer, cfg: DataConfig, kind: str, seed: int) -> PreparedData:
+    """Load, validate, split and tokenize. ``kind``: demonstration, preference, ranking or unpaired."""
+    from tether.data import load_records
+
+    report: list[str] = []
+    loaded = load_records(cfg.path, kind=kind, on_error=cfg.on_error, split=cfg.split)
+    records = list(loaded.records)
+    if loaded.skipped:
+        report.append(f"{cfg.path}: skipped {len(loaded.skipped)} malformed rows (data.on_error=skip):")
+        report += [f"  {err}" for err in loaded.skipped[:10]]
+        if len(loaded.skipped) > 10:
+            report.append(f"  ... and {len(loaded.skipped) - 10} more")
+    if cfg.eval_path:
+        eval_loaded = load_records(cfg.eval_path, kind=kind, on_error=cfg.on_error, split=cfg.split)
+        eval_records = list(eval_loaded.records)
+    elif cfg.eval_fraction > 0 and len(records) >= 10:
+        order = list(range(len(records)))
+        random.Random(seed).shuffle(order)
+        n_eval = max(1, int(round(cfg.eval_fraction * len(records))))
+        held = set(order[:n_eval])
+        eval_records = [r for i, r in enumerate(records) if i in held]
+        records = [r for i, r in enumerate(records) if i not in held]
+    else:
+        eval_records = []
+    train = _encode(tokenizer, records, cfg, "train", report)
+    evaluation = _encode(tokenizer, eval_records, cfg, "eval", report) if eval_records else []
+    return PreparedData(train, evaluation, report)

@@ -1,0 +1,48 @@
+"""TokenBatch layouts: padded and packed batches describe the same targets and masks."""
+
+import torch
+
+from tether.data.batches import collate, pack_batch, pad_batch
+
+SEQS = [[5, 6, 7, 8, 9], [3, 4], [10, 11, 12]]
+PLENS = [2, 1, 3]
+
+
+def test_padded_targets_and_mask_by_hand():
+    b = pad_batch(SEQS, PLENS, pad_id=0)
+    # Sequence 0: positions 0..3 predict 6,7,8,9; prompt_len 2 -> targets 7,8,9 (positions 1..3) train.
+    assert b.target_ids[0].tolist() == [6, 7, 8, 9, 0]
+    assert b.loss_mask[0].tolist() == [False, True, True, True, False]
+    # Sequence 1: prompt_len 1 -> position 0 predicts token 4, a completion token.
+    assert b.loss_mask[1].tolist() == [True, False, False, False, False]
+    # Sequence 2: prompt_len 3 == length -> nothing to train.
+    assert not b.loss_mask[2].any()
+    assert b.attention_mask.tolist()[1] == [1, 1, 0, 0, 0]
+    assert b.loss_tokens_per_sequence().tolist() == [3.0, 1.0, 0.0]
+
+
+def test_packed_matches_padded_per_sequence():
+    padded = pad_batch(SEQS, PLENS, pad_id=0)
+    packed = pack_batch(SEQS, PLENS, pad_id=0, row_tokens=8)
+    assert packed.attention_mask is None
+    assert packed.input_ids.shape[0] == 2  # 5+3 fit in one row of 8, 2 in another
+    for b in (padded, packed):
+        values = torch.arange(b.target_ids.numel(), dtype=torch.float).view_as(b.target_ids)
+        gathered = {}
+        for s in range(3):
+            sel = (b.sequence_ids == s) & b.loss_mask
+            gathered[s] = b.target_ids[sel].tolist()
+        assert gathered == {0: [7, 8, 9], 1: [4], 2: []}
+        assert b.per_sequence(values * 0 + 1).tolist() == [3.0, 1.0, 0.0]
+    # Position ids restart at 0 for every packed sequence.
+    row0 = packed.position_ids[0].tolist()
+    assert row0 == [0, 1, 2, 3, 4, 0, 1, 2]
+
+
+def test_collate_is_example_major():
+    pair_a = [([1, 2, 3], 1), ([1, 2, 4, 5], 1)]
+    pair_b = [([7, 8], 1), ([7, 9], 1)]
+    b = collate([pair_a, pair_b], pad_id=0)
+    assert b.num_sequences == 4
+    assert b.input_ids[:, 0].tolist() == [1, 1, 7, 7]
+    assert b.input_ids[1, :4].tolist() == [1, 2, 4, 5]  # rejected of the first pair at index 1
