@@ -59,3 +59,12 @@ def test_every_field_has_help():
     assert len(rows) > 20
     missing = [key for key, _, _, help_text in rows if not help_text]
     assert missing == []
+
+
+def test_section_overrides_keep_the_commands_own_defaults():
+    from tether.config import DPOConfig
+
+    cfg = load_config(DPOConfig, None, ["data.max_length=128"])
+    assert cfg.data.path == "bundled:preferences"  # DPO's default, not the shared DataConfig's
+    assert cfg.data.max_length == 128
+    assert ("data.path", "str", "'bundled:preferences'") == describe(DPOConfig)[[r[0] for r in describe(DPOConfig)].index("data.path")][:3]

@@ -31,6 +31,12 @@ COMMON_FLAGS = {
 
 TRAINING_COMMANDS: dict[str, TrainingCommand] = {
     "sft": TrainingCommand("tether.config:SFTConfig", "tether.trainers.sft:run_sft", "Supervised fine-tuning on demonstrations."),
+    "dpo": TrainingCommand(
+        "tether.config:DPOConfig",
+        "tether.trainers.dpo:run_dpo",
+        "Offline preference optimisation: DPO, IPO, hinge, SimPO, ORPO, RPO, KTO, listwise DPO.",
+        {"--loss": "dpo.loss", "--beta": "dpo.beta", "--reference": "dpo.reference"},
+    ),
 }
 
 

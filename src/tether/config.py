@@ -187,16 +187,26 @@ def _unknown(key: str, accepted: list[str]) -> ConfigError:
     return ConfigError(f"unknown key '{key}'.{hint} Accepted: {', '.join(accepted)}")
 
 
-def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested dict, checking every key and type."""
+def from_dict(cls: type, values: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
+    """Build dataclass ``cls`` from a nested dict, checking every key and type.
+
+    Values are laid over ``base`` (default: ``cls()``), so a section keeps the defaults its parent
+    gave it (the DPO command's data section defaults to preference data, for instance).
+    """
+    base = cls() if base is None else base
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in (values or {}).items():
         if key not in names:
             raise _unknown(prefix + key, names)
-        kwargs[key] = _coerce(value, hints[key], prefix + key)
-    return cls(**kwargs)
+        if dataclasses.is_dataclass(hints[key]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{key}: expected a mapping of {hints[key].__name__} fields, got {value!r}")
+            kwargs[key] = from_dict(hints[key], value, f"{prefix}{key}.", getattr(base, key))
+        else:
+            kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return dataclasses.replace(base, **kwargs)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -248,22 +258,17 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
     return from_dict(cls, values)
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+def describe(cls: type, prefix: str = "", instance: Any = None) -> list[tuple[str, str, str, str]]:
     """(key, type, default, help) for every leaf field, for ``--help`` output and docs."""
+    instance = cls() if instance is None else instance
     rows = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            rows += describe(tp, prefix=f"{prefix}{f.name}.")
+            rows += describe(tp, f"{prefix}{f.name}.", getattr(instance, f.name))
             continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
-        else:
-            default = "required"
-        rows.append((prefix + f.name, _type_name(tp), repr(default), f.metadata.get("help", "")))
+        rows.append((prefix + f.name, _type_name(tp), repr(getattr(instance, f.name)), f.metadata.get("help", "")))
     return rows
 
 
@@ -286,3 +291,26 @@ class SFTConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class PreferenceConfig:
+    loss: Literal["dpo", "cdpo", "robust", "ipo", "hinge", "simpo", "orpo", "rpo", "kto", "listwise"] = opt("dpo", "Preference loss: dpo (sigmoid), cdpo (label-smoothed), robust (unbiased under label noise), ipo, hinge (SLiC), simpo, orpo, rpo (DPO + NLL), kto (unpaired good/bad), listwise (rankings, Plackett-Luce over implicit rewards).")
+    beta: float = opt(0.1, "Strength of the pull towards the reference (the inverse temperature of the implicit reward). For ORPO the weight of the odds-ratio term.")
+    label_smoothing: float = opt(0.0, "Assumed probability that a preference label is flipped (cdpo, robust).")
+    simpo_gamma: float = opt(0.5, "SimPO target reward margin gamma.")
+    rpo_alpha: float = opt(1.0, "RPO weight of the chosen-side NLL term.")
+    kto_desirable_weight: float = opt(1.0, "KTO weight of desirable (label true) examples.")
+    kto_undesirable_weight: float = opt(1.0, "KTO weight of undesirable (label false) examples.")
+    reference: Literal["auto", "copy", "adapter", "cached"] = opt("auto", "Reference log-probabilities: a frozen copy, the base model with LoRA adapters off, or a first pass cached on disk (no reference model held during training). auto: adapter with LoRA, cached otherwise.")
+
+
+@dataclass
+class DPOConfig:
+    """Offline preference optimisation (the DPO family) from pairs, rankings or unpaired labels."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(path="bundled:preferences"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/dpo", lr=5e-6, batch_size=8, micro_batch_size=4))
+    dpo: PreferenceConfig = field(default_factory=PreferenceConfig)

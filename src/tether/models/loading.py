@@ -131,6 +131,8 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     del gguf_model
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
     _complete_chatml_tokenizer(tokenizer)
+    if tokenizer.model_max_length > 10**9:  # GGUF tokenizers carry no limit; the model's context is the real one
+        tokenizer.model_max_length = model.config.max_position_embeddings
     return model, tokenizer
 
 

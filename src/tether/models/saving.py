@@ -28,6 +28,7 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, merge_lora: bool = 
     to_save = merged_copy(model) if (merge_lora and is_peft_model(model)) else model
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        staging.chmod(0o755)  # mkdtemp makes it private (0700); a saved model is as readable as any output
         to_save.save_pretrained(staging)  # transformers 5 writes safetensors only
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)

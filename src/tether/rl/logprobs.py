@@ -82,7 +82,9 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             grad_logits_in = grad_logits.to(hidden.dtype)  # matmuls in the input dtype, like forward
             if need_hidden:
                 grad_hidden[rows] = grad_logits_in @ weight  # [C, H]
-            if need_weight:
+            if need_weight and grad_weight.dtype == hidden.dtype:
+                grad_weight.addmm_(grad_logits_in.T, hidden[rows])  # [V, H], accumulated without a [V, H] temporary
+            elif need_weight:
                 grad_weight += (grad_logits_in.T @ hidden[rows]).to(acc_dtype)  # [V, H]
             if need_bias:
                 grad_bias += grad_logits.sum(dim=0)  # [V]
