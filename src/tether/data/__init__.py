@@ -16,6 +16,7 @@ from tether.data.records import (
     LoadedRecords,
     Message,
     PreferencePair,
+    Prompt,
     Ranking,
     Source,
     UnpairedExample,
@@ -31,8 +32,8 @@ def load_records(
     """Read and validate a data file: JSON, JSONL, CSV/TSV, Parquet, a directory written by
     ``datasets``' ``save_to_disk`` (``split`` picks from a DatasetDict), or ``bundled:<name>``.
 
-    ``kind``: "auto" (from the fields of the rows), "demonstration", "preference", "ranking"
-    or "unpaired". ``on_error``: "raise" stops at the first malformed row with a ``DataError``
+    ``kind``: "auto" (from the fields of the rows), "demonstration", "preference", "ranking",
+    "unpaired" or "prompt" (prompts alone, from any of the others too). ``on_error``: "raise" stops at the first malformed row with a ``DataError``
     naming file, line, field and reason; "skip" leaves such rows out and returns their errors
     in ``LoadedRecords.skipped``.
     """
@@ -46,6 +47,7 @@ __all__ = [
     "LoadedRecords",
     "Message",
     "PreferencePair",
+    "Prompt",
     "Ranking",
     "Source",
     "UnpairedExample",

@@ -121,6 +121,11 @@ def encode(tokenizer, prompt: list[Message], completion: str) -> Encoded:
     return _encode_group(tokenizer, prompt, [completion])[0]
 
 
+def encode_prompt(tokenizer, prompt: list[Message]) -> list[int]:
+    """The prompt's token ids, ready for generation: the same ids ``encode`` puts before a reply."""
+    return _ids(tokenizer, render_prompt(tokenizer, prompt), add_special_tokens=not _has_chat_template(tokenizer))
+
+
 # ---- truncation ------------------------------------------------------------------------------------
 
 
@@ -213,6 +218,8 @@ def encode_records(tokenizer, records: Sequence[Record], max_length: int, policy
     policy = Truncation(policy)
     items, stats = [], EncodeStats()
     for record in records:
+        if type(record) not in LAYOUTS:
+            raise TypeError(f"cannot encode a {type(record).__name__} with replies; for prompts alone use encode_prompt")
         completions_of, assemble = LAYOUTS[type(record)]
         stats.total += 1
         group = _encode_group(tokenizer, record.prompt, completions_of(record))

@@ -13,6 +13,9 @@ Accepted fields, by kind (``kind="auto"`` tells them apart by the fields present
   "yes"/"no").
 - demonstration: ``prompt`` and ``completion``; or ``messages``, a chat whose last turn is the
   assistant's reply (the turns before it are the prompt).
+- prompt: ``prompt`` alone, or ``messages`` ending with a user turn. Asked for explicitly
+  (``kind="prompt"``), any of the kinds above gives its prompts: ``prompt``, else ``messages``
+  without a final assistant turn, else the shared turns of ``chosen``/``rejected``.
 
 ``completion`` also goes by ``response`` or ``output`` (for demonstrations and unpaired rows), the
 names common instruction data sets use. A plain-text prompt becomes one user message.
@@ -32,6 +35,7 @@ from tether.data.records import (
     LoadedRecords,
     Message,
     PreferencePair,
+    Prompt,
     Ranking,
     Record,
     Source,
@@ -44,6 +48,7 @@ class Kind(str, Enum):
     PREFERENCE = "preference"
     RANKING = "ranking"
     UNPAIRED = "unpaired"
+    PROMPT = "prompt"
 
 
 KIND_NAMES = {**{k.value: k for k in Kind}, **{k.value + "s": k for k in Kind}, "pairs": Kind.PREFERENCE}
@@ -125,6 +130,12 @@ def _check_prompt(row: _Row, prompt: list[Message], field: str) -> list[Message]
 
 def _prompt(row: _Row, field: str = "prompt") -> list[Message]:
     value = row.require(field)
+    if isinstance(value, str) and is_hh_transcript(value):
+        # HH-derived sets often store the prompt as "\n\nHuman: ...\n\nAssistant:" (the reply's slot left empty).
+        messages = _parse_hh(row, value, field)
+        if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
+            messages = messages[:-1]
+        return _check_prompt(row, messages, field)
     if isinstance(value, str):
         if not value.strip():
             raise row.error(field, "empty prompt")
@@ -143,8 +154,10 @@ def _nonempty_reply(row: _Row, text: str, field: str) -> str:
 
 
 def _reply(row: _Row, value, field: str, prompt: list[Message]) -> str:
-    """Reply text from text, or from chat messages holding the assistant reply (optionally
-    after a repeat of the prompt)."""
+    """Reply text from text, or from chat messages (or an HH-RLHF transcript) holding the
+    assistant reply, optionally after a repeat of the prompt."""
+    if isinstance(value, str) and is_hh_transcript(value):
+        value = _parse_hh(row, value, field)
     if isinstance(value, str):
         return _nonempty_reply(row, value, field)
     if isinstance(value, dict):
@@ -181,6 +194,13 @@ def parse_hh_transcript(text: str) -> list[Message]:
     return [{"role": _HH_ROLE[role], "content": content.strip()} for role, content in zip(parts[1::2], parts[2::2])]
 
 
+def _parse_hh(row: _Row, text: str, field: str) -> list[Message]:
+    try:
+        return parse_hh_transcript(text)
+    except ValueError as err:
+        raise row.error(field, str(err)) from None
+
+
 def _transcript(row: _Row, field: str) -> list[Message]:
     value = row.require(field)
     if isinstance(value, str):
@@ -190,10 +210,7 @@ def _transcript(row: _Row, field: str) -> list[Message]:
                 "no 'prompt' field, so this must be a whole conversation: a chat-message list or an "
                 "HH-RLHF transcript ('\\n\\nHuman: ...\\n\\nAssistant: ...')",
             )
-        try:
-            return parse_hh_transcript(value)
-        except ValueError as err:
-            raise row.error(field, str(err)) from None
+        return _parse_hh(row, value, field)
     return _messages(row, value, field)
 
 
@@ -311,11 +328,25 @@ def _unpaired(row: _Row) -> UnpairedExample:
     return UnpairedExample(prompt, completion, _label(row), row.source)
 
 
+def _prompt_only(row: _Row) -> Prompt:
+    if row.has("prompt"):
+        return Prompt(_prompt(row), row.source)
+    if row.has("messages"):
+        messages = _messages(row, row.get("messages"), "messages")
+        if messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        return Prompt(_check_prompt(row, messages, "messages"), row.source)
+    if row.has("chosen"):
+        return Prompt(_split_transcripts(row)[0], row.source)
+    raise row.error("prompt", f"missing field (row has: {', '.join(map(str, row.fields)) or 'no fields'})")
+
+
 PARSERS: dict[Kind, Callable[[_Row], Record]] = {
     Kind.DEMONSTRATION: _demonstration,
     Kind.PREFERENCE: _preference,
     Kind.RANKING: _ranking,
     Kind.UNPAIRED: _unpaired,
+    Kind.PROMPT: _prompt_only,
 }
 
 # Checked in order: the first whose fields are present decides a row's kind.
@@ -323,8 +354,13 @@ DETECTORS: list[tuple[Kind, Callable[[_Row], bool]]] = [
     (Kind.PREFERENCE, lambda row: row.has("chosen") or row.has("rejected")),
     (Kind.RANKING, lambda row: row.has("completions")),
     (Kind.UNPAIRED, lambda row: row.has("label")),
-    (Kind.DEMONSTRATION, lambda row: row.has("messages") or any(row.has(name) for name in COMPLETION_FIELDS)),
+    (Kind.DEMONSTRATION, lambda row: any(row.has(name) for name in COMPLETION_FIELDS) or _ends_with_reply(row.get("messages"))),
+    (Kind.PROMPT, lambda row: row.has("prompt") or row.has("messages")),
 ]
+
+
+def _ends_with_reply(messages) -> bool:
+    return isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant"
 
 
 def detect_kind(fields: dict) -> Kind | None:
@@ -344,45 +380,60 @@ def parse_kind(kind: str | Kind) -> Kind | None:
     return KIND_NAMES[kind]
 
 
+def _file_kind(rows: list[tuple[Source, dict | DataError]]) -> tuple[Kind | None, int | None]:
+    """The kind of the first row that has replies (else of the first prompt-only row), and its
+    line. A prompt-only row does not decide, so a demonstration file whose first row lacks its
+    completion is still a demonstration file, and that row's error names the missing field."""
+    first_prompt = None
+    for source, fields in rows:
+        kind = detect_kind(fields) if isinstance(fields, dict) else None
+        if kind is not None and kind != Kind.PROMPT:
+            return kind, source.line
+        if kind == Kind.PROMPT and first_prompt is None:
+            first_prompt = (kind, source.line)
+    return first_prompt or (None, None)
+
+
 def normalize_rows(rows: Iterable[tuple[Source, dict | DataError]], path: str, kind: str | Kind = "auto", on_error: str = "raise") -> LoadedRecords:
     """Typed records from reader rows. ``on_error="raise"`` raises the first ``DataError``;
     ``"skip"`` leaves bad rows out and lists their errors in ``skipped``. Under ``kind="auto"``
-    the first row whose kind is recognisable fixes the kind; a later row of another kind is an
+    the first row with replies fixes the kind (see ``_file_kind``); a row of another kind is an
     error (one file holds one kind)."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    rows = list(rows)
+    if not rows:
+        raise DataError(path, None, None, "no records in this file")
     fixed = parse_kind(kind)
     fixed_by_line = None
+    if fixed is None:
+        fixed, fixed_by_line = _file_kind(rows)
     records: list[Record] = []
     skipped: list[DataError] = []
-    seen_rows = 0
     for source, fields in rows:
-        seen_rows += 1
         try:
             if isinstance(fields, DataError):
                 raise fields
             row = _Row(source, fields)
-            if fixed is None or fixed_by_line is not None:
+            if fixed is None or fixed_by_line is not None:  # kind="auto": check the row against the file's kind
                 detected = detect_kind(fields)
                 if detected is None:
                     raise row.error(
                         None,
                         f"cannot tell what kind of record this is from its fields ({', '.join(map(str, fields)) or 'none'}); "
-                        "expected prompt+completion, messages, prompt+chosen+rejected, prompt+completions, or prompt+completion+label",
+                        "expected prompt+completion, messages, prompt+chosen+rejected, prompt+completions, "
+                        "prompt+completion+label, or prompt alone",
                     )
-                if fixed is None:
-                    fixed, fixed_by_line = detected, source.line
-                elif detected != fixed:
+                if detected != fixed and detected != Kind.PROMPT:
                     raise row.error(
                         None,
                         f"looks like a {detected.value} record, but line {fixed_by_line} made this a file of "
                         f"{fixed.value} records; one file holds one kind",
                     )
+                # A prompt-only row in a file of another kind falls through: the parser names the missing field.
             records.append(PARSERS[fixed](row))
         except DataError as err:
             if on_error == "raise":
                 raise
             skipped.append(err)
-    if seen_rows == 0:
-        raise DataError(path, None, None, "no records in this file")
     return LoadedRecords(records, fixed.value if fixed is not None else "unknown", skipped)

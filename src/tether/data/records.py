@@ -69,14 +69,22 @@ class UnpairedExample:
     source: Source
 
 
-Record = Union[Demonstration, PreferencePair, Ranking, UnpairedExample]
+@dataclass
+class Prompt:
+    """A prompt alone, for online training (PPO, GRPO, RLOO) where the policy writes the replies."""
+
+    prompt: list[Message]
+    source: Source
+
+
+Record = Union[Demonstration, PreferencePair, Ranking, UnpairedExample, Prompt]
 
 
 @dataclass
 class LoadedRecords:
     """What ``tether.data.load_records`` returns.
 
-    ``kind`` is one of "demonstration", "preference", "ranking", "unpaired". ``skipped``
+    ``kind`` is one of "demonstration", "preference", "ranking", "unpaired", "prompt". ``skipped``
     holds one ``DataError`` per malformed row left out under ``on_error="skip"`` (empty
     under ``on_error="raise"``, where the first one is raised instead).
     """
