@@ -108,11 +108,19 @@ def _data_check(args: argparse.Namespace) -> int:
     return 1 if loaded.skipped else 0
 
 
+def _add_rm_parser(sub) -> None:
+    """`tether rm train | eval | score` (sub-commands, so not in TRAINING_COMMANDS)."""
+    from tether.trainers.rm import add_rm_commands
+
+    add_rm_commands(sub, _add_training_parser, TrainingCommand)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description="Align language models with human preferences.")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name, command in TRAINING_COMMANDS.items():
         _add_training_parser(sub, name, command)
+    _add_rm_parser(sub)
 
     g = sub.add_parser("generate", help="Generate replies from a model for one or more prompts.", description="Generate replies from a model (greedy).")
     g.add_argument("--model", default="default", help="'default', 'tiny', a model directory or a .gguf file")
@@ -124,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_command", metavar="<action>", required=True)
     dc = dsub.add_parser("check", help="Validate a data file and list malformed rows with file:line and reason.")
     dc.add_argument("path")
-    dc.add_argument("--kind", default="auto", choices=["auto", "demonstration", "preference", "ranking", "unpaired"])
+    dc.add_argument("--kind", default="auto", choices=["auto", "demonstration", "preference", "ranking", "unpaired", "prompt"])
     dc.set_defaults(_handler=_data_check)
     return parser
 

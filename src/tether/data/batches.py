@@ -136,5 +136,8 @@ def collate(groups: Sequence[Sequence[tuple[Sequence[int], int]]], pad_id: int, 
     ids = [s for s, _ in flat]
     plens = [p for _, p in flat]
     if pack:
-        return pack_batch(ids, plens, pad_id, row_tokens)
+        # Rows no wider than the longest sequence: packed attention runs over a dense [T, T] mask per
+        # row, so wider rows cost more attention than the padded layout for the same tokens, while
+        # first-fit into the longest length already leaves little padding.
+        return pack_batch(ids, plens, pad_id, min(row_tokens, max(len(s) for s in ids)))
     return pad_batch(ids, plens, pad_id)

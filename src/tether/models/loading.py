@@ -199,6 +199,9 @@ def load_model(
         device: where the model is moved.
         cache_dir: where the converted default model is cached (see ``cache_root``).
     """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # tether shows its own progress; per-tensor load bars are noise
     name = os.fspath(name_or_path)
     path = Path(name).expanduser()
     if name == "default":

@@ -60,7 +60,10 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in trainable_parameters(model).values() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.adam_betas))
+    # The fused kernel updates each tensor in one pass; torch's default on CPU is a per-op loop that
+    # reads and writes the parameters and both moments several times (about 0.3 s a step at 135M).
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.adam_betas), fused=fused or None)
 
 
 def warmup_cosine(total_steps: int, warmup_ratio: float, min_lr_ratio: float):

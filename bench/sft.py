@@ -1,0 +1,182 @@
+"""SFT throughput and peak memory: tether vs Hugging Face TRL's SFTTrainer, on CPU in fp32.
+
+    flock /tmp/tether-heavy.lock python bench/sft.py --rounds 2 --steps 12
+
+Same default model (SmolLM2-135M-Instruct, loaded from the same cached safetensors), same bundled
+demonstrations in the same order (tether's seeded step plan; TRL gets those examples laid out in
+that order and reads them sequentially), same batch (8, no accumulation), max length, learning
+rate and AdamW; completion-only loss on both sides; no evaluation, no saving, no logging inside the
+timed window. TRL is set up at its fastest on this CPU: bf16 off, gradient checkpointing off.
+
+Each side runs in its own subprocess (so its peak RSS is its own), one at a time, alternating
+within a round and swapping who goes first each round. The timed window is the same on both
+sides: from the end of optimizer step ``--warmup`` to the end of the last step (tether's step
+time stamps in metrics.jsonl, TRL's ``on_step_end`` callback). Tokens per second counts real
+(non-padding) tokens of the timed steps, each side's own tokenization of the same examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+SEED = 0
+LR = 1e-5
+
+
+def _data(max_length: int):
+    """tether's train examples and the raw records they came from (same order, nothing dropped)."""
+    from tether.config import DataConfig
+    from tether.data import load_records
+    from tether.models import load_model
+    from tether.trainers.prepare import prepare_data
+
+    _, tokenizer = load_model("default")
+    cfg = DataConfig(path="bundled:demonstrations", eval_fraction=0.0, max_length=max_length)
+    examples = prepare_data(tokenizer, cfg, "demonstration", SEED).train
+    records = list(load_records(cfg.path, kind="demonstration").records)
+    assert len(records) == len(examples), "a demonstration was dropped; the two sides would not see the same data"
+    return examples, records
+
+
+def _step_order(num_examples: int, args) -> list[list[int]]:
+    """Example indices of every optimizer step, as tether's fit will draw them."""
+    from tether.trainers.common import StepPlan
+
+    plan = StepPlan(num_examples, args.batch, 1.0, args.warmup + args.steps, SEED)
+    return [plan.indices(s) for s in range(args.warmup + args.steps)]
+
+
+def run_tether(args) -> dict:
+    import contextlib
+    import io
+
+    from tether.config import SFTConfig, load_config
+    from tether.trainers.common import load_trainable_model
+    from tether.trainers.offline import fit
+    from tether.trainers.sft import SFTObjective
+
+    out = tempfile.mkdtemp(prefix="bench-sft-tether-")
+    cfg = load_config(SFTConfig, None, [
+        f"train.output_dir={out}", f"train.max_steps={args.warmup + args.steps}", f"train.batch_size={args.batch}",
+        f"train.micro_batch_size={args.batch}", "train.save_every=0", "train.progress=false", f"train.threads={args.threads}",
+        f"train.lr={LR}", f"train.seed={SEED}", "data.eval_fraction=0",
+        f"data.max_length={args.max_length}", f"data.pack={str(args.pack).lower()}",
+    ])
+    examples, _ = _data(args.max_length)
+    model, tokenizer = load_trainable_model(cfg.model, cfg.lora, cfg.train.seed)
+    objective = SFTObjective(tokenizer.pad_token_id, cfg.data.pack, cfg.data.max_length, cfg.model.chunk_size)
+    # fit() alone: run_sft's untimed extras (saving the model, sample generation) are not SFT steps.
+    with contextlib.redirect_stdout(io.StringIO()):
+        fit(model, objective, examples, [], cfg.train, title="sft")
+    times = [r["time"] for r in map(json.loads, open(Path(out) / "metrics.jsonl")) if r["split"] == "train"]
+    steps = _step_order(len(examples), args)
+    tokens = sum(examples[i].num_tokens for step in steps[args.warmup :] for i in step)
+    return {"tokens": tokens, "seconds": times[-1] - times[args.warmup - 1]}
+
+
+def run_trl(args) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from tether.models import default_model_dir
+
+    torch.set_num_threads(args.threads)
+    _, records = _data(args.max_length)
+    order = [i for step in _step_order(len(records), args) for i in step]
+    dataset = Dataset.from_dict({
+        "prompt": [records[i].prompt for i in order],
+        "completion": [[{"role": "assistant", "content": records[i].completion}] for i in order],
+    })
+    path = default_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            stamps.append(time.perf_counter())
+
+    config = SFTConfig(
+        output_dir=tempfile.mkdtemp(prefix="bench-sft-trl-"), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
+        max_steps=args.warmup + args.steps, learning_rate=LR, bf16=False, fp16=False, gradient_checkpointing=False,
+        logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True, max_length=args.max_length,
+        packing=args.trl_packing, padding_free=args.trl_padding_free, train_sampling_strategy="sequential",
+        disable_tqdm=True, dataloader_num_workers=0, seed=SEED, lr_scheduler_type="cosine", warmup_steps=0,
+    )
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[Clock()])
+    # The tokenized dataset is in training order: row k is example k of the stream of steps.
+    lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+    trainer.train()
+    timed = lengths[args.warmup * args.batch : (args.warmup + args.steps) * args.batch]
+    return {"tokens": sum(timed), "seconds": stamps[-1] - stamps[args.warmup - 1],
+            "attn": model.config._attn_implementation}
+
+
+def child(args) -> None:
+    result = (run_tether if args.side == "tether" else run_trl)(args)
+    result["tokens_per_second"] = result["tokens"] / result["seconds"]
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def _run_side(side: str, args, argv: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--side", side, *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode or not line:
+        print(proc.stdout[-2000:], proc.stderr[-4000:])
+        raise SystemExit(f"{side} failed")
+    return json.loads(line[0][len("RESULT ") :])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--side", choices=["tether", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="optimizer steps before the timed window")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pack", action="store_true", help="tether side: pack sequences (its padding-free path)")
+    parser.add_argument("--trl-packing", action="store_true", help="TRL side: packing=True")
+    parser.add_argument("--trl-padding-free", action="store_true", help="TRL side: padding_free=True")
+    args = parser.parse_args()
+    if args.side:
+        return child(args)
+    argv = sys.argv[1:]
+    print(f"SFT, SmolLM2-135M-Instruct, fp32 CPU, {args.threads} threads, batch {args.batch}, max_length {args.max_length}, "
+          f"{args.warmup} warm-up + {args.steps} timed steps, tether pack={args.pack}, "
+          f"TRL packing={args.trl_packing} padding_free={args.trl_padding_free}", flush=True)
+    results: dict[str, list[dict]] = {"tether": [], "trl": []}
+    print(f"{'round':>5} {'side':<7} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'peak RSS MB':>12}", flush=True)
+    for r in range(args.rounds):
+        for side in (("tether", "trl") if r % 2 == 0 else ("trl", "tether")):
+            res = _run_side(side, args, argv)
+            results[side].append(res)
+            print(f"{r + 1:>5} {side:<7} {res['tokens']:>7} {res['seconds']:>8.2f} {res['tokens_per_second']:>8.1f} {res['peak_rss_mb']:>12.0f}", flush=True)
+    tps = {s: statistics.median(x["tokens_per_second"] for x in v) for s, v in results.items()}
+    rss = {s: statistics.median(x["peak_rss_mb"] for x in v) for s, v in results.items()}
+    print(f"median tether: {tps['tether']:.1f} tok/s, peak RSS {rss['tether']:.0f} MB")
+    print(f"median TRL   : {tps['trl']:.1f} tok/s, peak RSS {rss['trl']:.0f} MB (attention: {results['trl'][0].get('attn')})")
+    print(f"tokens/s ratio tether/TRL: {tps['tether'] / tps['trl']:.2f}x (target >= 1.3x)")
+    print(f"peak-memory ratio tether/TRL: {rss['tether'] / rss['trl']:.2f}x (target <= 1.0x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Simulated annotators: preferences labelled by a known gold function instead of a person.
+
+With a gold reward we can check what a reward model learned: held-out pairs labelled by the gold
+function measure accuracy against the truth, not against a noisy annotator. The gold function
+here is VADER's compound sentiment score (−1 … 1), so "prefer the more positive reply".
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def _vader():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+def vader_gold(text: str) -> float:
+    """VADER compound sentiment of ``text``, in [−1, 1]: the gold reward of the sentiment task."""
+    return float(_vader().polarity_scores(text)["compound"])
+
+
+def label_pair(prompt, completion_a: str, completion_b: str, gold: Callable[[str], float] = vader_gold, min_gap: float = 0.0) -> dict | None:
+    """A preference record for two completions of one prompt, the higher gold score chosen.
+
+    Returns ``{"prompt", "chosen", "rejected", "gold_chosen", "gold_rejected"}``, or None when the
+    gold scores differ by ``min_gap`` or less (a tie says nothing about which is better).
+    """
+    score_a, score_b = gold(completion_a), gold(completion_b)
+    if abs(score_a - score_b) <= min_gap:
+        return None
+    (chosen, g_chosen), (rejected, g_rejected) = sorted([(completion_a, score_a), (completion_b, score_b)], key=lambda t: -t[1])
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "gold_chosen": g_chosen, "gold_rejected": g_rejected}
+
+
+def gold_pairs(
+    candidates: Sequence[dict],
+    gold: Callable[[str], float] = vader_gold,
+    min_gap: float = 0.05,
+    max_pairs_per_prompt: int | None = None,
+    seed: int = 0,
+) -> list[dict]:
+    """Pairs from ``[{"prompt": ..., "completions": [...]}, ...]``: every two completions of a prompt
+    whose gold scores differ by more than ``min_gap``, optionally at most ``max_pairs_per_prompt``
+    of them (a seeded sample)."""
+    rng = random.Random(seed)
+    pairs = []
+    for row in candidates:
+        labelled = [label_pair(row["prompt"], a, b, gold, min_gap) for a, b in itertools.combinations(row["completions"], 2)]
+        labelled = [p for p in labelled if p is not None]
+        if max_pairs_per_prompt is not None and len(labelled) > max_pairs_per_prompt:
+            labelled = rng.sample(labelled, max_pairs_per_prompt)
+        pairs += labelled
+    return pairs
+
+
+__all__ = ["gold_pairs", "label_pair", "vader_gold"]

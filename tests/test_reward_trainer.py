@@ -1,0 +1,176 @@
+"""`tether rm train|eval|score` on tiny models: learning, rankings through Plackett–Luce, ensembles."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from tether.config import load_config
+from tether.trainers.rm import RewardLoss, RMConfig, run_rm_eval, run_rm_train
+
+ITEMS = ["apple", "river", "stone", "cloud", "maple", "ember", "frost", "grain", "harbor", "island", "kettle", "lemon", "meadow", "nickel", "orchid", "pepper"]
+
+
+def _pairs_file(path, n=64, seed=0):
+    """Chosen says 'good', rejected says 'poor': same length, so only content can separate them."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            item = rng.choice(ITEMS)
+            f.write(json.dumps({"prompt": f"Rate the {item} #{i}", "chosen": f"The {item} is good.", "rejected": f"The {item} is poor."}) + "\n")
+    return path
+
+
+def _rankings_file(path, n=48, seed=0):
+    """Best first: 'good' > 'okay' > 'poor', all the same length."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            item = rng.choice(ITEMS)
+            f.write(json.dumps({"prompt": f"Rate the {item} #{i}", "completions": [f"The {item} is {w}." for w in ("good", "okay", "poor")]}) + "\n")
+    return path
+
+
+def _cfg(data, out, steps=30, **extra):
+    base = {
+        "model.name_or_path": "tiny",
+        "data.path": str(data),
+        "data.eval_fraction": "0.25",
+        "train.output_dir": str(out),
+        "train.max_steps": str(steps),
+        "train.batch_size": "8",
+        "train.micro_batch_size": "8",
+        "train.lr": "3e-3",
+        "train.warmup_ratio": "0",
+        "train.progress": "false",
+        "train.threads": "1",
+        "train.save_every": "0",
+    }
+    base.update(extra)
+    return load_config(RMConfig, None, [f"{k}={v}" for k, v in base.items()])
+
+
+def test_training_beats_length_baseline_on_toy_pairs(tmp_path):
+    data = _pairs_file(tmp_path / "pairs.jsonl")
+    run_rm_train(_cfg(data, tmp_path / "run", steps=30))
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["length_baseline_accuracy"] == pytest.approx(0.5)
+    assert report["accuracy"] >= 0.9, report
+    # `tether rm eval` on the saved model reproduces the trainer's held-out numbers.
+    again = run_rm_eval(str(tmp_path / "run" / "model"), str(data), output=str(tmp_path / "eval.json"))
+    assert again["accuracy"] >= 0.9
+
+
+def test_rankings_train_through_plackett_luce_in_one_pass(tmp_path, monkeypatch):
+    import tether.trainers.rm as rm
+
+    seen = []
+    original = rm.RewardObjective.loss
+
+    def spy(self, model, examples):
+        seen.append((self.loss_kind, [len(e.sequences) for e in examples]))
+        return original(self, model, examples)
+
+    monkeypatch.setattr(rm.RewardObjective, "loss", spy)
+    data = _rankings_file(tmp_path / "rank.jsonl")
+    run_rm_train(_cfg(data, tmp_path / "run", steps=30))
+    assert all(kind is RewardLoss.PLACKETT_LUCE for kind, _ in seen)
+    assert all(sizes and set(sizes) == {3} for _, sizes in seen)  # whole rankings, never pairs
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["accuracy"] >= 0.9, report  # over all 3 ordered pairs of each held-out ranking
+
+
+def test_multi_objective_heads_learn_their_own_labels(tmp_path):
+    """'helpful' prefers 'good' over 'poor'; 'terse' prefers the opposite on the same texts."""
+    helpful = _pairs_file(tmp_path / "helpful.jsonl", seed=1)
+    terse = tmp_path / "terse.jsonl"
+    with open(terse, "w") as f:
+        for line in open(helpful):
+            row = json.loads(line)
+            f.write(json.dumps({**row, "chosen": row["rejected"], "rejected": row["chosen"]}) + "\n")
+    cfg = _cfg(helpful, tmp_path / "run", steps=40, **{"rm.objectives": "[helpful, terse]", "rm.objective_data": f"[{helpful}, {terse}]"})
+    run_rm_train(cfg)
+    from tether.models.reward import RewardModel
+
+    model = RewardModel.from_pretrained(tmp_path / "run" / "model")
+    prompts = ["Rate the lemon #999"] * 2
+    scores = model.score_all(prompts, ["The lemon is good.", "The lemon is poor."])  # [2, 2]
+    assert scores[0, 0] > scores[1, 0]  # helpful head
+    assert scores[0, 1] < scores[1, 1]  # terse head
+    assert model.score(prompts, ["The lemon is good.", "The lemon is poor."], weights={"helpful": 1.0, "terse": 0.0})[0] > model.score(prompts, ["The lemon is good.", "The lemon is poor."], weights={"helpful": 1.0, "terse": 0.0})[1]
+
+
+def test_ensemble_spread_is_larger_off_distribution(tmp_path):
+    """LoRA members trained on a narrow set agree on held-out inputs like it and disagree on inputs unlike it.
+
+    (Full fine-tuned members of the tiny random model overfit each in its own way and do not pass
+    this test; the LoRA layout, one frozen backbone, is the one that gives a usable signal here.)
+    """
+    lora = True
+    data = _pairs_file(tmp_path / "pairs.jsonl", n=64)
+    extra = {"rm.ensemble_size": "3", "rm.centering_coef": "0.1", "lora.enabled": "true", "lora.r": "8", "lora.alpha": "16", "train.lr": "1e-2"}
+    run_rm_train(_cfg(data, tmp_path / "run", steps=25, **extra))
+    from tether.models.reward_ensemble import RewardEnsemble
+
+    ensemble = RewardEnsemble.from_pretrained(tmp_path / "run" / "model")
+    assert ensemble.layout == "lora" and len(ensemble.members) == 3
+    like = [(f"Rate the {w} #{500 + i}", f"The {w} is {q}.") for i, w in enumerate(ITEMS) for q in ("good", "poor")]
+    rng = random.Random(1)
+    unlike = [("".join(rng.choice("0123456789%$#@!~^&*") for _ in range(12)), "".join(rng.choice("XYZQJKVW{}[]|<>") for _ in range(30))) for _ in range(32)]
+    _, spread_like = ensemble.score([p for p, _ in like], [r for _, r in like])
+    _, spread_unlike = ensemble.score([p for p, _ in unlike], [r for _, r in unlike])
+    assert spread_unlike.mean() > 2.0 * spread_like.mean(), (spread_like.mean(), spread_unlike.mean())
+    # The penalised reward is the mean minus lambda times the spread.
+    mean, spread = ensemble.score([p for p, _ in unlike], [r for _, r in unlike])
+    torch.testing.assert_close(ensemble.penalized(2.0)([p for p, _ in unlike], [r for _, r in unlike]), mean - 2.0 * spread)
+
+
+def test_cli_rm_score_and_eval(tmp_path):
+    from tether.cli import main
+
+    data = _pairs_file(tmp_path / "pairs.jsonl", n=24)
+    out = tmp_path / "run"
+    assert main(["rm", "train", "--model", "tiny", "--data", str(data), "--output", str(out), "--max-steps", "3", "train.progress=false", "train.threads=1"]) == 0
+    assert main(["rm", "score", "--model", str(out / "model"), "--input", str(data), "--output", str(tmp_path / "scores.jsonl")]) == 0
+    rows = [json.loads(line) for line in open(tmp_path / "scores.jsonl")]
+    assert len(rows) == 24 and {"reward_chosen", "reward_rejected"} <= set(rows[0])
+    assert main(["rm", "eval", "--model", str(out / "model"), "--data", str(data), "--output", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    from tether.evaluate.reward_metrics import pairwise_accuracy
+
+    chosen = torch.tensor([r["reward_chosen"] for r in rows])
+    rejected = torch.tensor([r["reward_rejected"] for r in rows])
+    assert metrics["accuracy"] == pytest.approx(pairwise_accuracy(chosen, rejected))
+
+
+def test_full_ensemble_saves_and_reloads(tmp_path):
+    data = _pairs_file(tmp_path / "pairs.jsonl", n=24)
+    run_rm_train(_cfg(data, tmp_path / "run", steps=2, **{"rm.ensemble_size": "2"}))
+    from tether.models.reward_ensemble import RewardEnsemble
+
+    ensemble = RewardEnsemble.from_pretrained(tmp_path / "run" / "model")
+    assert ensemble.layout == "full" and len(ensemble.members) == 2
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["ensemble_spread_mean"] > 0  # members differ (seed, bootstrap)
+    again = run_rm_eval(str(tmp_path / "run" / "model"), str(data))
+    assert "ensemble_spread_mean" in again
+
+
+def test_resume_from_checkpoint_matches_straight_run(tmp_path):
+    """4 steps straight vs. the same run cut back to its step-2 checkpoint and resumed: same head."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    data = _pairs_file(tmp_path / "pairs.jsonl", n=32)
+    straight = tmp_path / "straight"
+    run_rm_train(_cfg(data, straight, steps=4, **{"train.save_every": "2", "train.keep_checkpoints": "5"}))
+    resumed = tmp_path / "resumed"
+    run_rm_train(_cfg(data, resumed, steps=4, **{"train.save_every": "2", "train.keep_checkpoints": "5"}))
+    shutil.rmtree(resumed / "checkpoints" / "step-0000004")  # as if killed after step 2's checkpoint
+    shutil.rmtree(resumed / "model")
+    run_rm_train(_cfg(data, resumed, steps=4, **{"train.save_every": "2", "train.resume": "true"}))
+    a = load_file(str(straight / "model" / "reward_head.safetensors"))
+    b = load_file(str(resumed / "model" / "reward_head.safetensors"))
+    torch.testing.assert_close(a["weight"], b["weight"], rtol=0, atol=0)
