@@ -5,8 +5,10 @@
 Same default model (SmolLM2-135M-Instruct), same bundled pairs tokenized once by tether's chat
 template (TRL gets the very same token ids as ``chosen_ids``/``rejected_ids``), same batch of
 pairs, fp32 on CPU, no gradient checkpointing, no evaluation, logging off, same centring
-coefficient. Each side runs in its own subprocess (so peak RSS is its own), sides alternate
-within each round. Throughput is pairs per second over the steps after ``--warmup``.
+coefficient. Each side runs in its own subprocess (so peak RSS is its own); the sides alternate
+and swap order every round. Throughput is pairs per second over the steps after ``--warmup``;
+the figures are medians over rounds. tether runs its default layout (each pair's prompt computed
+once, rows packed); ``--layout packed|padded`` measures the alternatives.
 """
 
 from __future__ import annotations
@@ -25,13 +27,27 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+# tether's row layouts (rm.share_prompt, data.pack): the default shares each pair's prompt; the others are for ablation.
+LAYOUTS = {
+    "shared_prompt": ["rm.share_prompt=true"],
+    "packed": ["rm.share_prompt=false", "data.pack=true"],
+    "padded": ["rm.share_prompt=false", "data.pack=false"],
+}
 
-def _examples(max_length: int):
+
+def _model_dir(name: str) -> str:
+    from tether.models import default_model_dir
+
+    return str(default_model_dir()) if name == "default" else name
+
+
+def _examples(max_length: int, model: str = "default"):
+    from transformers import AutoTokenizer
+
     from tether.config import DataConfig
-    from tether.models import load_model
     from tether.trainers.prepare import prepare_data
 
-    _, tokenizer = load_model("default")
+    tokenizer = AutoTokenizer.from_pretrained(_model_dir(model), local_files_only=True)  # not the model: it would count in TRL's RSS
     return prepare_data(tokenizer, DataConfig(path="bundled:preferences", eval_fraction=0.0, max_length=max_length), "preference", 0).train
 
 
@@ -41,9 +57,9 @@ def run_tether(args) -> dict:
 
     out = tempfile.mkdtemp(prefix="bench-rm-tether-")
     cfg = load_config(RMConfig, None, [
-        f"train.output_dir={out}", f"train.max_steps={args.warmup + args.steps}", f"train.batch_size={args.batch}",
+        f"model.name_or_path={_model_dir(args.model)}", f"train.output_dir={out}", f"train.max_steps={args.warmup + args.steps}", f"train.batch_size={args.batch}",
         f"train.micro_batch_size={args.batch}", "train.save_every=0", "train.progress=false", f"train.threads={args.threads}",
-        "data.eval_fraction=0", f"data.max_length={args.max_length}", f"data.pack={str(args.pack).lower()}", "rm.centering_coef=0.01",
+        "data.eval_fraction=0", f"data.max_length={args.max_length}", "rm.centering_coef=0.01", *LAYOUTS[args.layout],
     ])
     import contextlib
     import io
@@ -61,12 +77,10 @@ def run_trl(args) -> dict:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
     from trl import RewardConfig, RewardTrainer
 
-    from tether.models import default_model_dir
-
     torch.set_num_threads(args.threads)
-    examples = _examples(args.max_length)
+    examples = _examples(args.max_length, args.model)
     dataset = Dataset.from_dict({"chosen_ids": [e.sequences[0][0] for e in examples], "rejected_ids": [e.sequences[1][0] for e in examples]})
-    path = default_model_dir()
+    path = _model_dir(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = "<|endoftext|>"
@@ -100,13 +114,14 @@ def child(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--side", choices=["tether", "trl"])
+    parser.add_argument("--model", default="default", help="'default' or a Hugging Face model directory (a small one for a smoke test)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--pack", action="store_true", help="tether side: pack sequences (no compute on padding)")
+    parser.add_argument("--layout", choices=list(LAYOUTS), default="shared_prompt", help="tether side: how sequences become rows (default: tether's default)")
     args = parser.parse_args()
     if args.side:
         return child(args)
@@ -123,8 +138,9 @@ def main() -> None:
             print(f"round {r + 1} {side}: {results[side][-1]}", flush=True)
     med = {s: statistics.median(x["pairs_per_second"] for x in v) for s, v in results.items()}
     rss = {s: max(x["peak_rss_mb"] for x in v) for s, v in results.items()}
-    print(f"tether: {med['tether']:.2f} pairs/s, peak RSS {rss['tether']:.0f} MB")
-    print(f"TRL RewardTrainer: {med['trl']:.2f} pairs/s, peak RSS {rss['trl']:.0f} MB")
+    runs = {s: ", ".join(f"{x['pairs_per_second']:.2f}" for x in v) for s, v in results.items()}
+    print(f"tether ({args.layout}): {med['tether']:.2f} pairs/s (runs: {runs['tether']}), peak RSS {rss['tether']:.0f} MB")
+    print(f"TRL RewardTrainer: {med['trl']:.2f} pairs/s (runs: {runs['trl']}), peak RSS {rss['trl']:.0f} MB")
     print(f"throughput ratio tether/TRL: {med['tether'] / med['trl']:.2f}x (target >= 1.5x)")
 
 

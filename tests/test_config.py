@@ -65,6 +65,6 @@ def test_section_overrides_keep_the_commands_own_defaults():
     from tether.config import DPOConfig
 
     cfg = load_config(DPOConfig, None, ["data.max_length=128"])
-    assert cfg.data.path == "bundled:preferences"  # DPO's default, not the shared DataConfig's
+    assert cfg.data.path == "auto"  # DPO's default (the bundled set that fits the loss), not the shared DataConfig's
     assert cfg.data.max_length == 128
-    assert ("data.path", "str", "'bundled:preferences'") == describe(DPOConfig)[[r[0] for r in describe(DPOConfig)].index("data.path")][:3]
+    assert ("data.path", "str", "'auto'") == describe(DPOConfig)[[r[0] for r in describe(DPOConfig)].index("data.path")][:3]

@@ -299,3 +299,11 @@ def test_dispatch_ignores_other_variants_arguments_but_rejects_typos_and_missing
         preference_loss("dpo", policy_chosen=t["policy_chosen"], policy_rejected=t["policy_rejected"])
     with pytest.raises(ValueError):
         spec_of("not-a-loss")
+
+
+def test_enum_members_answer_the_trainers_questions():
+    """The members read their row of the table: reference? length-normalised? data layout?"""
+    for kind, spec in PREFERENCE_LOSSES.items():
+        assert (kind.needs_reference, kind.length_normalized, kind.data) == (spec.needs_reference, spec.length_normalized, spec.data)
+    assert not PreferenceLoss.SIMPO.needs_reference and PreferenceLoss.SIMPO.length_normalized
+    assert PreferenceLoss.KTO.data == "unpaired" and PreferenceLoss.LISTWISE.data == "ranking" and PreferenceLoss("ipo").data == "paired"

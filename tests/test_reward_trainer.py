@@ -171,6 +171,93 @@ def test_resume_from_checkpoint_matches_straight_run(tmp_path):
     shutil.rmtree(resumed / "checkpoints" / "step-0000004")  # as if killed after step 2's checkpoint
     shutil.rmtree(resumed / "model")
     run_rm_train(_cfg(data, resumed, steps=4, **{"train.save_every": "2", "train.resume": "true"}))
-    a = load_file(str(straight / "model" / "reward_head.safetensors"))
-    b = load_file(str(resumed / "model" / "reward_head.safetensors"))
-    torch.testing.assert_close(a["weight"], b["weight"], rtol=0, atol=0)
+    for name in ("reward_head.safetensors", "model.safetensors"):  # the head and the fine-tuned backbone
+        a = load_file(str(straight / "model" / name))
+        b = load_file(str(resumed / "model" / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{name}:{key}")
+
+    def losses(run):
+        rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+        return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
+    # Steps 3 and 4 of the resumed run saw the same examples and gave the same losses.
+    assert losses(resumed)[3] == losses(straight)[3] and losses(resumed)[4] == losses(straight)[4]
+
+
+def _two_objective_file(path, n=48, seed=2):
+    """One file, two heads: 'helpful' prefers 'good' over 'poor'; 'terse' prefers the reverse of the
+    same replies. Each pair appears once per objective, told apart only by the 'objective' field."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            item = rng.choice(ITEMS)
+            good, poor = f"The {item} is good.", f"The {item} is poor."
+            f.write(json.dumps({"prompt": f"Rate the {item} #{i}", "chosen": good, "rejected": poor, "objective": "helpful"}) + "\n")
+            f.write(json.dumps({"prompt": f"Rate the {item} #{i}", "chosen": poor, "rejected": good, "objective": "terse"}) + "\n")
+    return path
+
+
+def test_objective_field_in_one_file_trains_each_head_on_its_rows(tmp_path):
+    data = _two_objective_file(tmp_path / "multi.jsonl")
+    run_rm_train(_cfg(data, tmp_path / "run", steps=40, **{"rm.objectives": "[helpful, terse]"}))
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    # A single head could get at most half of these right: the two objectives disagree on every pair.
+    assert report["accuracy/helpful"] >= 0.9 and report["accuracy/terse"] >= 0.9, report
+    again = run_rm_eval(str(tmp_path / "run" / "model"), str(data))
+    assert again["accuracy/helpful"] >= 0.9 and again["accuracy/terse"] >= 0.9
+
+
+def test_objective_field_errors_name_file_line_and_field(tmp_path):
+    from tether.data.errors import DataError
+    from tether.trainers.rm import objective_labels, prepare_reward_data
+
+    rows = [
+        {"prompt": "a", "chosen": "x", "rejected": "y", "objective": "helpful"},
+        {"prompt": "b", "chosen": "x", "rejected": "y", "objective": "honest"},  # line 2: not a head of this model
+        {"prompt": "c", "chosen": "x", "rejected": "y"},  # line 3: missing while others have it
+        {"prompt": "d", "chosen": "x", "rejected": "y", "objective": 3},  # line 4: not text
+    ]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"bad.jsonl:2: field 'objective': unknown objective 'honest'"):
+        objective_labels(str(path), ["helpful", "harmless"])
+    labels, errors = objective_labels(str(path), ["helpful", "harmless"], on_error="skip")
+    assert labels == {1: 0}
+    assert sorted((e.line, e.field) for e in errors) == [(2, "objective"), (3, "objective"), (4, "objective")]
+    # Several heads but no row says which one it labels: a clear error, not a silent head 0.
+    plain = _pairs_file(tmp_path / "plain.jsonl", n=12)
+    with pytest.raises(ValueError, match="no row has an 'objective' field"):
+        prepare_reward_data(None, _cfg(plain, tmp_path / "run", **{"rm.objectives": "[helpful, harmless]"}))
+    # A file given for one objective may not hold rows naming another.
+    with pytest.raises(DataError, match="rm.objective_data for 'harmless'"):
+        objective_labels(str(path), ["helpful", "harmless"], fixed="harmless")
+
+
+def test_rm_score_writes_each_head_and_ensemble_mean_and_spread(tmp_path):
+    """Two heads: 'reward' in the file is the weighted sum of the 'objectives' columns.
+    An ensemble: 'reward' = mean − penalty·spread."""
+    from tether.models.reward import RewardModel
+    from tether.trainers.rm import run_rm_score
+
+    data = _pairs_file(tmp_path / "pairs.jsonl", n=6)
+    from tether.models import tiny_model_and_tokenizer
+
+    backbone, tokenizer = tiny_model_and_tokenizer(seed=0)
+    RewardModel(backbone, tokenizer, ("helpful", "harmless")).save_pretrained(tmp_path / "multi")
+    run_rm_score(str(tmp_path / "multi"), str(data), str(tmp_path / "s.jsonl"), weights={"helpful": 2.0, "harmless": -1.0})
+    rows = [json.loads(line) for line in open(tmp_path / "s.jsonl")]
+    assert len(rows) == 6
+    for row in rows:
+        heads = row["objectives"]
+        assert row["reward_chosen"] == pytest.approx(2.0 * heads["helpful"][0] - heads["harmless"][0], abs=1e-5)
+        assert row["reward_rejected"] == pytest.approx(2.0 * heads["helpful"][1] - heads["harmless"][1], abs=1e-5)
+
+    run_rm_train(_cfg(data, tmp_path / "ens", steps=1, **{"rm.ensemble_size": "2", "data.eval_fraction": "0"}))
+    run_rm_score(str(tmp_path / "ens" / "model"), str(data), str(tmp_path / "e.jsonl"), penalty=3.0)
+    rows = [json.loads(line) for line in open(tmp_path / "e.jsonl")]
+    assert len(rows) == 6
+    for row in rows:
+        assert row["spread"][0] > 0
+        assert row["reward_chosen"] == pytest.approx(row["mean"][0] - 3.0 * row["spread"][0], abs=1e-5)

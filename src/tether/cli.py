@@ -37,6 +37,24 @@ TRAINING_COMMANDS: dict[str, TrainingCommand] = {
         "Offline preference optimisation: DPO, IPO, hinge, SimPO, ORPO, RPO, KTO, listwise DPO.",
         {"--loss": "dpo.loss", "--beta": "dpo.beta", "--reference": "dpo.reference"},
     ),
+    "ppo": TrainingCommand(
+        "tether.trainers.ppo:PPOConfig",
+        "tether.trainers.ppo:run_ppo",
+        "Online RL with PPO: value head (or critic), GAE, clipped surrogate, KL penalty to the reference.",
+        {"--reward": "reward.source", "--max-steps": "train.steps"},
+    ),
+    "grpo": TrainingCommand(
+        "tether.trainers.critic_free:GRPOConfig",
+        "tether.trainers.critic_free:run_grpo",
+        "Online RL with GRPO: group-relative advantages, no critic, KL to the reference in the loss.",
+        {"--reward": "reward.source", "--max-steps": "train.steps"},
+    ),
+    "rloo": TrainingCommand(
+        "tether.trainers.critic_free:RLOOConfig",
+        "tether.trainers.critic_free:run_rloo",
+        "Online RL with RLOO: REINFORCE with a leave-one-out group baseline, KL penalty in the reward.",
+        {"--reward": "reward.source", "--max-steps": "train.steps"},
+    ),
 }
 
 

@@ -54,7 +54,7 @@ class LoRAConfig:
 
 @dataclass
 class DataConfig:
-    path: str = opt("bundled:demonstrations", "Training data: a JSON, JSONL, CSV or Parquet file, a saved Hugging Face dataset directory, or bundled:<name>.")
+    path: str = opt("bundled:demonstrations", "Training data: a JSON, JSONL, CSV or Parquet file, a saved Hugging Face dataset directory, or bundled:<name>. For `tether dpo`, 'auto' (its default) is the bundled set that fits dpo.loss.")
     eval_path: str | None = opt(None, "Evaluation data file. If unset, eval_fraction of the training data is held out.")
     eval_fraction: float = opt(0.05, "Fraction of the training data held out for evaluation when eval_path is unset (0 disables evaluation).")
     split: str = opt("train", "Split to read from a saved Hugging Face DatasetDict.")
@@ -311,6 +311,8 @@ class DPOConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(path="bundled:preferences"))
+    # 'auto': the bundled set that fits dpo.loss (preferences, unpaired for kto, rankings for listwise).
+    # Packed by default: a pair's two sequences differ in length, so padding wastes a third of the compute.
+    data: DataConfig = field(default_factory=lambda: DataConfig(path="auto", pack=True))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/dpo", lr=5e-6, batch_size=8, micro_batch_size=4))
     dpo: PreferenceConfig = field(default_factory=PreferenceConfig)

@@ -45,6 +45,24 @@ class PreferenceLoss(str, Enum):
     KTO = "kto"
     LISTWISE = "listwise"
 
+    # The members answer the trainer's questions by reading their row of PREFERENCE_LOSSES.
+    @property
+    def spec(self) -> PreferenceSpec:
+        return PREFERENCE_LOSSES[self]
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.spec.needs_reference
+
+    @property
+    def length_normalized(self) -> bool:
+        return self.spec.length_normalized
+
+    @property
+    def data(self) -> str:
+        """'paired', 'unpaired' or 'ranking'."""
+        return self.spec.data
+
 
 # --------------------------------------------------------------------------- shared pieces
 
@@ -207,7 +225,8 @@ def kto_reference_point(policy_logps: torch.Tensor, ref_logps: torch.Tensor) -> 
 
     The paper estimates KL(π ‖ π_ref) from *mismatched* pairs: completions y_j scored under
     another example's prompt x_i, so that the estimate does not depend on the batch's labels.
-    Pass those log-probs when the trainer has them. Without them, passing the batch's own
+    tether's trainer passes those (``tether.trainers.dpo.add_mismatched_completions`` gives each
+    example a mismatched slot, scored in the same forward pass). Passing the batch's own
     (π, r) gives the mean implicit reward of the batch, a cruder but common stand-in; either
     way it is a per-batch estimate, so accumulated micro-batches each use their own.
     """

@@ -13,6 +13,10 @@ from collections.abc import Sequence
 
 def is_peft_model(model) -> bool:
     """True for a model wrapped by ``peft.get_peft_model``."""
+    import sys
+
+    if "peft" not in sys.modules:  # nothing can be a PeftModel before peft is imported; importing it costs ~0.7 s
+        return False
     try:
         from peft import PeftModel
     except ImportError:  # peft is a dependency, but a plain model needs no adapter logic

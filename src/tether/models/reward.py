@@ -30,7 +30,10 @@ def last_token_index(batch) -> torch.Tensor:
     ``sequence_ids[t]`` names the sequence whose *next* token position t predicts, so a sequence
     of n tokens owns positions 0..n-2 and its last token sits one step after the last position it
     owns. This holds in the padded and the packed layout alike (trailing pads own nothing).
+    A shared-prefix batch (``tether.data.shared_prefix``) carries the indices itself.
     """
+    if getattr(batch, "last_index", None) is not None:
+        return batch.last_index
     seq_ids = batch.sequence_ids.reshape(-1)  # [R*T]
     flat = torch.arange(seq_ids.numel(), device=seq_ids.device)  # [R*T]
     owned = seq_ids >= 0
@@ -115,8 +118,11 @@ class RewardModel(nn.Module):
         return forward_hidden(self.backbone, input_ids, position_ids, attention_mask)  # [R, T, H]
 
     def forward(self, batch) -> torch.Tensor:
-        """Rewards of every sequence of a TokenBatch (padded or packed) -> [N, O]."""
-        hidden = self._hidden(batch.input_ids, batch.position_ids, batch.attention_mask)  # [R, T, H]
+        """Rewards of every sequence of a TokenBatch (padded or packed) or a SharedPrefixBatch -> [N, O]."""
+        mask = batch.attention_mask
+        if mask is not None and mask.is_floating_point():  # a 4-D additive mask must match the activations' dtype
+            mask = mask.to(self.backbone.dtype)
+        hidden = self._hidden(batch.input_ids, batch.position_ids, mask)  # [R, T, H]
         last = last_token_index(batch).to(hidden.device)  # [N]
         h_last = hidden.reshape(-1, hidden.shape[-1])[last]  # [N, H]
         return self.head(h_last.to(self.head.weight.dtype))  # [N, O]

@@ -144,3 +144,31 @@ def leave_one_out_advantages(rewards: torch.Tensor, group_size: int | None = Non
     g = grouped.shape[1]
     others_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (g - 1)  # [N, G]
     return (grouped - others_mean).reshape(rewards.shape)
+
+
+@torch.no_grad()
+def kl_penalized_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    kl_coef: float,
+    estimator: str = "k1",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards for PPO on text (Ziegler et al. 2019) -> (rewards [B, T], kl [B, T]).
+
+        r_t = −β·KL_t + 1[t = last real token]·score
+
+    with KL_t a per-token estimate (``tether.rl.kl``, k1 = lp − ref by default) over the
+    sampled tokens. The penalty is spread over every generated token so GAE credits each token
+    with its own divergence, while the sequence score arrives only at the end. ``scores`` [B];
+    ``logprobs``, ``ref_logprobs`` [B, T] at sampling time; ``mask`` [B, T] bool. Both outputs
+    are 0 off the mask.
+    """
+    from tether.rl.kl import kl_estimate
+
+    mask = mask.bool()
+    kl = torch.where(mask, kl_estimate(estimator, logprobs, ref_logprobs), torch.zeros((), dtype=logprobs.dtype))  # [B, T]
+    rewards = place_terminal_rewards(scores.to(logprobs.dtype), mask) - kl_coef * kl  # [B, T]
+    return torch.where(mask, rewards, torch.zeros_like(rewards)), kl

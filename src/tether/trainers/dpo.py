@@ -9,6 +9,7 @@ whether a reference is required.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,33 @@ from tether.data.batches import collate
 from tether.trainers.offline import Example, FitResult, fit
 from tether.trainers.reference import ReferencePolicy, attach_cached_reference, resolve_mode, sequence_logps
 
-# Which records each data layout reads.
+# Which records each data layout reads, and the bundled set a run reads when data.path is 'auto'.
 DATA_KIND = {"paired": "preference", "unpaired": "unpaired", "ranking": "ranking"}
+BUNDLED_DATA = {"paired": "bundled:preferences", "unpaired": "bundled:unpaired", "ranking": "bundled:rankings"}
+
+
+def resolve_data_path(path: str, data: str) -> str:
+    """``data.path`` with 'auto' replaced by the bundled set that fits the loss's data layout."""
+    return BUNDLED_DATA[data] if path == "auto" else path
+
+
+def add_mismatched_completions(examples: list[Example], seed: int, max_length: int) -> None:
+    """Give every unpaired example a second slot: its own prompt with *another* example's completion.
+
+    KTO's reference point z0 estimates KL(π ‖ π_ref) from such mismatched pairs (x_i, y_j), so
+    that it does not depend on whether the batch's own completions are desirable. The pairing is
+    fixed once per data set (a seeded permutation, each example takes the completion of the next
+    one in it), so a cached reference pass covers these sequences too and a resumed run sees the
+    same ones. A spliced sequence longer than ``max_length`` loses the end of its completion.
+    """
+    if not examples:
+        return
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    for pos, i in enumerate(order):
+        ids, prompt_len = examples[i].sequences[0]
+        other_ids, other_prompt_len = examples[order[(pos + 1) % len(order)]].sequences[0]
+        spliced = (list(ids[:prompt_len]) + list(other_ids[other_prompt_len:]))[: max(max_length, prompt_len + 1)]
+        examples[i].sequences = [(ids, prompt_len), (spliced, prompt_len)]
 
 
 def loss_kwargs(cfg: PreferenceConfig) -> dict[str, float]:
@@ -76,18 +102,37 @@ class PreferenceObjective:
         logps = sequence_logps(model, batch, self.chunk_size).view(n, k)  # [N, K]
         lengths = batch.loss_tokens_per_sequence().view(n, k).clamp(min=1)  # [N, K]
         ref = self.reference.logps(model, batch, examples).view(n, k) if self.spec.needs_reference else None
+        real = k  # slots that are the example's own completions (KTO's second slot is a mismatched pair)
         if self.spec.data == "paired":
             tensors = {"policy_chosen": logps[:, 0], "policy_rejected": logps[:, 1], "chosen_len": lengths[:, 0], "rejected_len": lengths[:, 1]}
             if ref is not None:
                 tensors.update(ref_chosen=ref[:, 0], ref_rejected=ref[:, 1])
         elif self.spec.data == "ranking":
             tensors = {"policy_logps": logps, "ref_logps": ref}
-        else:  # unpaired
+        else:  # unpaired: slot 0 is the example, slot 1 its prompt with another example's completion
+            from tether.losses.preference import kto_reference_point
+
+            real = 1
             labels = torch.tensor([bool(e.extra["label"]) for e in examples])
-            tensors = {"policy_logps": logps[:, 0], "ref_logps": ref[:, 0], "labels": labels}
+            tensors = {"policy_logps": logps[:, 0], "ref_logps": ref[:, 0], "labels": labels, "kl_estimate": kto_reference_point(logps[:, 1], ref[:, 1])}
         losses, metrics = preference_loss(self.kind, **tensors, **self.hparams)  # [N], means
+        if ref is not None:
+            metrics["kl"] = self._kl_per_token(logps[:, :real], ref[:, :real], lengths[:, :real])
         # The loop wants sums over units (examples); metrics come back as batch means.
         return losses.sum(), {name: value.detach() * n for name, value in metrics.items()}
+
+
+    @staticmethod
+    def _kl_per_token(logps: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Batch mean of each example's per-token log π − log π_ref over its completions, detached.
+
+        The k1 estimator of KL(π ‖ π_ref) (tether.rl.kl), evaluated on the data's completions
+        rather than on samples from π: it is the drift practitioners watch, not an unbiased KL.
+        """
+        from tether.rl.kl import kl_estimate
+
+        per_example = kl_estimate("k1", logps.detach(), ref).sum(1) / lengths.sum(1)  # [N]
+        return per_example.mean()
 
 
 def build_objective(cfg: DPOConfig, model, tokenizer, data) -> PreferenceObjective:
@@ -119,9 +164,14 @@ def run_dpo(cfg: DPOConfig) -> FitResult:
     save_yaml(cfg, out / "config.yaml")
     spec = spec_of(PreferenceLoss(cfg.dpo.loss))
     model, tokenizer = load_trainable_model(cfg.model, cfg.lora, cfg.train.seed)
-    data = prepare_data(tokenizer, cfg.data, DATA_KIND[spec.data], cfg.train.seed)
+    # 'auto' is resolved here, not written back: the saved config keeps what the user asked for.
+    data_cfg = dataclasses.replace(cfg.data, path=resolve_data_path(cfg.data.path, spec.data))
+    data = prepare_data(tokenizer, data_cfg, DATA_KIND[spec.data], cfg.train.seed)
     for line in data.report:
         print(line)
+    if spec.data == "unpaired":
+        add_mismatched_completions(data.train, cfg.train.seed, cfg.data.max_length)
+        add_mismatched_completions(data.eval, cfg.train.seed + 1, cfg.data.max_length)
     objective = build_objective(cfg, model, tokenizer, data)
     result = fit(model, objective, data.train, data.eval, cfg.train, title=cfg.dpo.loss)
     save_model(model, tokenizer, out / "model")

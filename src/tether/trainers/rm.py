@@ -3,7 +3,8 @@
 Training runs the shared offline loop (``tether.trainers.offline.fit``). One forward pass scores
 every sequence of a micro-batch: both sides of a pair, or all K completions of a ranking, which
 train through Plackett–Luce as one list rather than being split into pairs. Each example may
-belong to a named objective (its own data file); its loss reads that objective's head column.
+belong to a named objective (an ``objective`` field on the row, or a data file per objective); its
+loss reads that objective's head column.
 An ensemble trains its members one after the other, each with its own seed, bootstrap resample
 and checkpoint directory, so an interrupted run resumes member by member.
 """
@@ -24,11 +25,12 @@ from tether.trainers.offline import Example
 @dataclass
 class RewardSection:
     objectives: list[str] = opt(["reward"], "Names of the reward heads, e.g. [helpful, harmless, honest]. One output per name.")
-    objective_data: list[str] = opt([], "Training data per objective, in the order of rm.objectives. Empty: data.path trains the single objective.")
+    objective_data: list[str] = opt([], "Training data per objective, in the order of rm.objectives. Empty: data.path, whose rows name their head in an 'objective' field when there are several.")
     objective_eval_data: list[str] = opt([], "Evaluation data per objective (optional; else data.eval_fraction of each file is held out).")
     weights: list[float] = opt([], "Default weight of each objective when scores are combined (empty: equal weights). Callers may pass other weights at scoring time.")
     loss: Literal["auto", "bradley_terry", "plackett_luce"] = opt("auto", "auto: Bradley-Terry when every example is a pair, Plackett-Luce over whole rankings otherwise.")
     use_margin: bool = opt(True, "Use a pair's 'margin' field as the required reward gap in Bradley-Terry (pairs without one get 0).")
+    share_prompt: bool = opt(True, "Run each pair's or ranking's prompt through the model once, its completions branching off it (exact: same rewards as separate sequences, fewer tokens, no padding). false: data.pack decides between padded and packed rows.")
     centering_coef: float = opt(0.01, "Weight of the centring term (sum of an example's rewards)^2 that keeps rewards near zero.")
     ensemble_size: int = opt(1, "Members of a reward ensemble (1: a single reward model). With LoRA the members share one frozen backbone.")
     bootstrap: bool = opt(True, "Train each ensemble member on a bootstrap resample (with replacement) of the training data.")
@@ -77,6 +79,36 @@ def resolve_loss(name: str, examples: list[Example]) -> RewardLoss:
     return loss
 
 
+class Layout(enum.Enum):
+    PADDED = "padded"  # one row per sequence
+    PACKED = "packed"  # several sequences per row, no padding
+    SHARED_PROMPT = "shared_prompt"  # one segment per example: the prompt once, its completions branching off
+
+
+def _collate_rows(examples, pad_id, row_tokens, pack):
+    from tether.data.batches import collate
+
+    return collate([e.sequences for e in examples], pad_id, pack, row_tokens)
+
+
+def _collate_shared(examples, pad_id, row_tokens):
+    from tether.data.shared_prefix import collate_shared_prefix
+
+    return collate_shared_prefix([e.sequences for e in examples], pad_id, row_tokens)
+
+
+# Each layout: (examples, pad_id, row_tokens) -> a batch that RewardModel.forward scores, sequences example-major.
+COLLATORS = {
+    Layout.PADDED: lambda examples, pad_id, row_tokens: _collate_rows(examples, pad_id, row_tokens, False),
+    Layout.PACKED: lambda examples, pad_id, row_tokens: _collate_rows(examples, pad_id, row_tokens, True),
+    Layout.SHARED_PROMPT: _collate_shared,
+}
+
+
+def resolve_layout(share_prompt: bool, pack: bool) -> Layout:
+    return Layout.SHARED_PROMPT if share_prompt else (Layout.PACKED if pack else Layout.PADDED)
+
+
 @dataclass
 class RewardObjective:
     """Loss per example (pair or ranking); the loop averages over examples."""
@@ -85,7 +117,7 @@ class RewardObjective:
     pad_id: int
     use_margin: bool = True
     centering_coef: float = 0.0
-    pack: bool = False
+    layout: Layout = Layout.PADDED
     row_tokens: int = 512
 
     def units(self, examples: list[Example]) -> float:
@@ -94,9 +126,7 @@ class RewardObjective:
     def loss(self, model, examples: list[Example]):
         import torch
 
-        from tether.data.batches import collate
-
-        batch = collate([e.sequences for e in examples], self.pad_id, self.pack, self.row_tokens)
+        batch = COLLATORS[self.layout](examples, self.pad_id, self.row_tokens)
         rewards = model(batch)  # [S, O], S = sum of the examples' slot counts
         sizes = [len(e.sequences) for e in examples]
         n, k = len(examples), max(sizes)
@@ -127,26 +157,110 @@ def _data_kind(path: str) -> str:
     return load_records(path, kind="auto", on_error="skip").kind
 
 
+def objective_labels(path: str, objectives: list[str], fixed: str | None = None, on_error: str = "raise", split: str = "train"):
+    """Head index of each row of ``path`` from its ``objective`` field: ``({line: index}, errors)``.
+
+    One file may carry labels for several heads: each row is a pair or a ranking plus
+    ``"objective": "<name>"``, the head its preference is about (the same two replies may appear
+    in several rows, once per objective, with different winners). Returns ``(None, [])`` when no
+    row has the field. ``fixed``: the objective every row of this file belongs to (a file given in
+    ``rm.objective_data``); a row naming another is an error. Malformed rows raise a DataError
+    naming file, line and field, or with ``on_error="skip"`` come back in ``errors``.
+    """
+    from tether.data.errors import DataError
+    from tether.data.readers import read_rows
+
+    labels: dict[int, int] = {}
+    errors: list[DataError] = []
+    seen_field = False
+    rows = [(source, row) for source, row in read_rows(path, split) if isinstance(row, dict)]
+    for source, row in rows:
+        value = row.get("objective")
+        seen_field |= value is not None
+        if value is None:
+            if fixed is not None:
+                labels[source.line] = objectives.index(fixed)
+            continue
+        reason = None
+        if not isinstance(value, str):
+            reason = f"expected the name of an objective (text), got {type(value).__name__}"
+        elif value not in objectives:
+            reason = f"unknown objective {value!r}; rm.objectives is [{', '.join(objectives)}] (set rm.objectives to name every head the data labels)"
+        elif fixed is not None and value != fixed:
+            reason = f"names objective {value!r} but this file is rm.objective_data for {fixed!r}"
+        if reason is None:
+            labels[source.line] = objectives.index(value)
+            continue
+        error = DataError(path, source.line, "objective", reason)
+        if on_error == "raise":
+            raise error
+        errors.append(error)
+    if not seen_field:
+        return ({line: objectives.index(fixed) for line in labels} if fixed is not None else None), []
+    if fixed is None:
+        unlabelled = [source.line for source, row in rows if row.get("objective") is None]
+        for line in unlabelled:
+            error = DataError(path, line, "objective", f"missing: other rows of this file name an objective, so every row must (one of {', '.join(objectives)})")
+            if on_error == "raise":
+                raise error
+            errors.append(error)
+    return labels, errors
+
+
+def _tag_objectives(examples: list[Example], labels: dict[int, int] | None, default: int) -> list[Example]:
+    """Set ``extra["objective"]`` from the row's label (by its source line); drop rows without one."""
+    kept = []
+    for example in examples:
+        line = int(example.extra["source"].rsplit(":", 1)[1])
+        index = default if labels is None else labels.get(line)
+        if index is not None:
+            example.extra["objective"] = index
+            kept.append(example)
+    return kept
+
+
 def prepare_reward_data(tokenizer, cfg: RMConfig):
-    """Train and eval Examples for every objective, each tagged with ``extra["objective"]``."""
+    """Train and eval Examples for every objective, each tagged with ``extra["objective"]``.
+
+    Per-objective labels come either from one file whose rows carry an ``objective`` field, or
+    from one file per objective (``rm.objective_data``, in the order of ``rm.objectives``).
+    """
     from tether.trainers.prepare import PreparedData, prepare_data
 
     objectives = cfg.rm.objectives
-    paths = cfg.rm.objective_data or [cfg.data.path]
-    if len(paths) != len(objectives):
-        raise ValueError(f"rm.objectives names {len(objectives)} heads but rm.objective_data gives {len(paths)} files; give one file per objective")
+    if cfg.rm.objective_data:
+        paths, fixed = cfg.rm.objective_data, list(objectives)
+        if len(paths) != len(objectives):
+            raise ValueError(f"rm.objectives names {len(objectives)} heads but rm.objective_data gives {len(paths)} files; give one file per objective")
+    else:
+        paths, fixed = [cfg.data.path], [None]
     eval_paths = cfg.rm.objective_eval_data or [cfg.data.eval_path] * len(paths)
     merged = PreparedData([], [], [])
-    for index, (name, path, eval_path) in enumerate(zip(objectives, paths, eval_paths)):
+    for path, eval_path, name in zip(paths, eval_paths, fixed):
         kind = _data_kind(path)
         if kind not in ("preference", "ranking"):
             raise ValueError(f"{path}: reward models train on preference pairs or rankings, not {kind} records")
+        labels, errors = objective_labels(path, objectives, name, cfg.data.on_error, cfg.data.split)
+        if labels is None and len(objectives) > 1:
+            raise ValueError(
+                f"{path}: rm.objectives names {len(objectives)} heads ({', '.join(objectives)}) but no row has an 'objective' field; "
+                "label each row with the head it is about, or give one file per head in rm.objective_data"
+            )
+        eval_labels = labels
+        if eval_path:
+            eval_labels, eval_errors = objective_labels(eval_path, objectives, name, cfg.data.on_error, cfg.data.split)
+            errors += eval_errors
         data = prepare_data(tokenizer, replace(cfg.data, path=path, eval_path=eval_path), kind, cfg.train.seed)
-        for example in data.train + data.eval:
-            example.extra["objective"] = index
-        merged.train += data.train
-        merged.eval += data.eval
-        merged.report += [f"[{name}] {line}" for line in data.report]
+        tag = f"[{name}] " if name else ""
+        merged.train += _tag_objectives(data.train, labels, 0)
+        merged.eval += _tag_objectives(data.eval, eval_labels, 0)
+        merged.report += [f"{tag}{line}" for line in data.report]
+        if errors:
+            merged.report.append(f"{tag}skipped {len(errors)} rows with a bad 'objective' field (data.on_error=skip):")
+            merged.report += [f"  {err}" for err in errors[:10]]
+    counts = [sum(e.extra["objective"] == i for e in merged.train) for i in range(len(objectives))]
+    if len(objectives) > 1:
+        merged.report.append("train examples per objective: " + ", ".join(f"{n} {c}" for n, c in zip(objectives, counts)))
     return merged
 
 
@@ -188,8 +302,9 @@ def run_rm_train(cfg: RMConfig):
     for line in data.report:
         print(line)
     loss_kind = resolve_loss(cfg.rm.loss, data.train)
-    objective = RewardObjective(loss_kind, tokenizer.pad_token_id, cfg.rm.use_margin, cfg.rm.centering_coef, cfg.data.pack, cfg.data.max_length)
-    print(f"reward loss: {loss_kind.value}; objectives: {', '.join(cfg.rm.objectives)}")
+    layout = resolve_layout(cfg.rm.share_prompt, cfg.data.pack)
+    objective = RewardObjective(loss_kind, tokenizer.pad_token_id, cfg.rm.use_margin, cfg.rm.centering_coef, layout, cfg.data.max_length)
+    print(f"reward loss: {loss_kind.value}; objectives: {', '.join(cfg.rm.objectives)}; layout: {layout.value}")
 
     if size == 1:
         import torch
@@ -225,8 +340,11 @@ def run_rm_train(cfg: RMConfig):
 # ---------------------------------------------------------------------------------------------
 
 
-def _score_sequences(model, sequences: list[tuple[list[int], int]], batch_size: int, objective: list[int] | None = None):
-    """(reward [S], spread [S] or None) for tokenized sequences, with a model or an ensemble."""
+def _score_sequences(model, sequences: list[tuple[list[int], int]], batch_size: int, objective: list[int | None] | None = None):
+    """(reward [S], spread [S] or None) for tokenized sequences, with a model or an ensemble.
+
+    ``objective[s]``: the head that scores sequence s, or None for the objectives combined with
+    the model's default weights (also what ``objective=None`` means for every sequence)."""
     import torch
 
     from tether.data.batches import collate
@@ -237,28 +355,36 @@ def _score_sequences(model, sequences: list[tuple[list[int], int]], batch_size: 
     outs = []
     with torch.no_grad():
         for member in members:
+            was_training = member.training
             member.eval()
             rewards = torch.zeros(len(sequences), len(member.objectives))
             order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
                 rewards[chunk] = member(collate([[sequences[i]] for i in chunk], pad_id)).float()
+            combined = member.combine(rewards)  # [S]
             if objective is None:
-                outs.append(member.combine(rewards))  # [S]
+                outs.append(combined)
             else:
-                outs.append(rewards[torch.arange(len(sequences)), torch.tensor(objective)])  # [S]
+                head = torch.tensor([-1 if o is None else o for o in objective])  # [S]
+                picked = rewards[torch.arange(len(sequences)), head.clamp(min=0)]  # [S]
+                outs.append(torch.where(head >= 0, picked, combined))
+            member.train(was_training)
     mean, spread = mean_and_spread(torch.stack(outs))
     return mean, (spread if len(members) > 1 else None)
 
 
 def evaluate_examples(model, examples: list[Example], batch_size: int = 16) -> dict[str, float]:
-    """The reward_metrics report over every (better, worse) pair of pairs and rankings."""
+    """The reward_metrics report over every (better, worse) pair of pairs and rankings.
+
+    An example tagged ``extra["objective"]`` is scored by that head alone (and the report adds
+    ``accuracy/<objective>`` when there are several); untagged ones by the combined reward."""
     import torch
 
-    from tether.evaluate.reward_metrics import ranking_pairs, reward_model_report
+    from tether.evaluate.reward_metrics import pairwise_accuracy, ranking_pairs, reward_model_report
 
     sequences = [seq for e in examples for seq in e.sequences]
-    per_sequence_objective = [int(e.extra.get("objective", 0)) for e in examples for _ in e.sequences]
+    per_sequence_objective = [e.extra.get("objective") for e in examples for _ in e.sequences]
     reward, spread = _score_sequences(model, sequences, batch_size, per_sequence_objective)
     lengths = torch.tensor([float(len(ids) - plen) for ids, plen in sequences])  # completion tokens
     k = max(len(e.sequences) for e in examples)
@@ -272,7 +398,15 @@ def evaluate_examples(model, examples: list[Example], batch_size: int = 16) -> d
     r_better, r_worse = ranking_pairs(reward[index], mask)
     l_better, l_worse = ranking_pairs(lengths[index], mask)
     s_better, s_worse = ranking_pairs(spread[index], mask) if spread is not None else (None, None)
-    return reward_model_report(r_better, r_worse, l_better, l_worse, s_better, s_worse)
+    report = reward_model_report(r_better, r_worse, l_better, l_worse, s_better, s_worse)
+    heads = torch.tensor([-1 if e.extra.get("objective") is None else int(e.extra["objective"]) for e in examples])  # [N]
+    if len(set(heads.tolist()) - {-1}) > 1:
+        pair_head, _ = ranking_pairs(heads.unsqueeze(1).expand(-1, k).clone(), mask)  # [P], the head of each pair's example
+        names = (model.members[0] if hasattr(model, "members") else model).objectives
+        for i, name in enumerate(names):
+            if (pair_head == i).any():
+                report[f"accuracy/{name}"] = pairwise_accuracy(r_better[pair_head == i], r_worse[pair_head == i])
+    return report
 
 
 def print_report(report: dict[str, float], title: str) -> None:
@@ -299,6 +433,9 @@ def run_rm_eval(model_dir: str, data_path: str = "bundled:preferences", max_leng
     records = load_records(data_path, kind=kind).records
     data_cfg = DataConfig(path=data_path, max_length=max_length or first.max_length)
     examples = _encode(first.tokenizer, records, data_cfg, "eval", [])
+    labels, _ = objective_labels(data_path, first.objectives)  # rows naming a head are scored by it
+    if labels is not None:
+        examples = _tag_objectives(examples, labels, 0)
     report = evaluate_examples(model, examples, batch_size)
     print_report(report, f"reward model {model_dir} on {data_path}")
     if output:
@@ -307,8 +444,10 @@ def run_rm_eval(model_dir: str, data_path: str = "bundled:preferences", max_leng
 
 
 def run_rm_score(model_dir: str, input_path: str, output_path: str, weights: dict[str, float] | None = None, penalty: float | None = None, batch_size: int = 16) -> int:
-    """Score every (prompt, completion) in a file; writes JSONL rows with ``reward`` (and ``spread``
-    for an ensemble). Pairs get ``reward_chosen``/``reward_rejected``, rankings ``rewards``."""
+    """Score every (prompt, completion) in a file; writes JSONL rows with ``reward``. Pairs get
+    ``reward_chosen``/``reward_rejected``, rankings ``rewards``. An ensemble's ``reward`` is the
+    penalised mean − λ·spread, with ``mean`` and ``spread`` beside it; a model with several heads
+    adds ``objectives``: each head's reward (in the same layout) before weighting."""
     from tether.data import load_records
     from tether.models.reward_ensemble import RewardEnsemble, penalized
 
@@ -321,24 +460,36 @@ def run_rm_score(model_dir: str, input_path: str, output_path: str, weights: dic
             prompts.append(record.prompt)
             responses.append(text)
             owner.append(i)
+    extra: dict = {}  # name -> [S] values written beside the reward
     if isinstance(model, RewardEnsemble):
         mean, spread = model.score(prompts, responses, batch_size, weights)
         reward = penalized(mean, spread, model.penalty if penalty is None else penalty)
+        extra = {"mean": mean, "spread": spread}
     else:
-        reward, spread = model.score(prompts, responses, batch_size, weights), None
-    rows: list[dict] = [{"prompt": r.prompt} for r in records]
-    values: list[list[tuple[float, float | None]]] = [[] for _ in records]
+        per_head = model.score_all(prompts, responses, batch_size)  # [S, O]
+        reward = model.combine(per_head, weights)  # [S]
+        if len(model.objectives) > 1:
+            extra = {f"objectives.{name}": per_head[:, o] for o, name in enumerate(model.objectives)}
+    slots: list[list[int]] = [[] for _ in records]  # flat indices of each record's completions
     for j, i in enumerate(owner):
-        values[i].append((float(reward[j]), None if spread is None else float(spread[j])))
-    for record, row, vals in zip(records, rows, values):
+        slots[i].append(j)
+    rows: list[dict] = []
+    for record, idx in zip(records, slots):
+        row: dict = {"prompt": record.prompt}
         if hasattr(record, "completion"):
-            row.update(completion=record.completion, reward=vals[0][0])
+            row.update(completion=record.completion, reward=float(reward[idx[0]]))
         elif hasattr(record, "chosen"):
-            row.update(chosen=record.chosen, rejected=record.rejected, reward_chosen=vals[0][0], reward_rejected=vals[1][0])
+            row.update(chosen=record.chosen, rejected=record.rejected, reward_chosen=float(reward[idx[0]]), reward_rejected=float(reward[idx[1]]))
         else:
-            row.update(completions=record.completions, rewards=[v for v, _ in vals])
-        if spread is not None:
-            row["spread"] = [s for _, s in vals] if len(vals) > 1 else vals[0][1]
+            row.update(completions=record.completions, rewards=[float(reward[j]) for j in idx])
+        for name, value in extra.items():  # a scalar for one completion, else a list in completion order
+            parent, _, child = name.partition(".")
+            entry = float(value[idx[0]]) if len(idx) == 1 else [float(value[j]) for j in idx]
+            if child:
+                row.setdefault(parent, {})[child] = entry
+            else:
+                row[parent] = entry
+        rows.append(row)
     Path(output_path).parent.mkdir(parents=True, exist_ok=True)
     with open(output_path, "w", encoding="utf-8") as f:
         for row in rows:

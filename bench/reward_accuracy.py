@@ -1,10 +1,18 @@
-"""Reward model against a gold function: VADER sentiment labels pairs of sampled film reviews.
+"""Does a reward model learn the preference, or only the length? Held-out accuracy vs. length alone.
 
-    flock /tmp/tether-heavy.lock python bench/rm_gold.py generate   # once: sample candidates (bundled)
-    flock /tmp/tether-heavy.lock python bench/rm_gold.py train      # label, split by prompt, train, evaluate
+    flock /tmp/tether-heavy.lock python bench/reward_accuracy.py gold          # VADER-labelled film reviews
+    flock /tmp/tether-heavy.lock python bench/reward_accuracy.py preferences   # bundled:preferences
+    flock /tmp/tether-heavy.lock python bench/reward_accuracy.py generate      # once: re-sample the candidates
 
-Held-out pairs come from prompts the reward model never saw. Printed: accuracy against the gold
-labels, the length-only baseline on the same pairs, and the ECE of σ(r_c − r_r).
+Two experiments on the default model, each printing held-out pairwise accuracy, the accuracy of
+"the longer reply wins" on the same pairs, and the ECE of σ(r_c − r_r):
+
+* ``gold``: ``bundled:review_candidates`` holds 4 replies the default model sampled for each of
+  the 80 ``bundled:review_prompts``. Every two replies of a prompt whose VADER compound scores
+  differ by more than 0.1 become a pair, the more positive one chosen (a simulated annotator
+  with a known gold function). Prompts are split 3:1 before pairing, so held-out pairs come
+  from prompts the reward model never saw.
+* ``preferences``: the bundled programming-help pairs, 10% held out (``data.eval_fraction``).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATES = REPO / "src/tether/data/bundled/review_candidates.jsonl"
+KEYS = ("pairs", "accuracy", "length_baseline_accuracy", "ece", "margin_mean")
 
 
 def generate(samples: int, max_new_tokens: int, seed: int) -> None:
@@ -44,15 +53,23 @@ def generate(samples: int, max_new_tokens: int, seed: int) -> None:
     print(f"wrote {CANDIDATES} ({CANDIDATES.stat().st_size} bytes)")
 
 
-def train(args) -> None:
+def _train_and_eval(work: Path, overrides: list[str], eval_path: str | None) -> dict:
     from tether.config import load_config
-    from tether.feedback.simulated import gold_pairs
     from tether.trainers.rm import RMConfig, run_rm_eval, run_rm_train
+
+    run_rm_train(load_config(RMConfig, None, [f"train.output_dir={work / 'run'}", "train.save_every=0", "train.progress=false", *overrides]))
+    if eval_path is None:  # held out by data.eval_fraction: the trainer's own report
+        return json.loads((work / "run" / "eval.json").read_text())
+    return run_rm_eval(str(work / "run" / "model"), eval_path, output=str(work / "eval_report.json"))
+
+
+def gold(args) -> dict:
+    from tether.feedback.simulated import gold_pairs
 
     rows = [json.loads(line) for line in open(CANDIDATES, encoding="utf-8")]
     random.Random(0).shuffle(rows)
     n_eval = len(rows) // 4
-    work = Path(args.output)
+    work = Path(args.output) / "gold"
     work.mkdir(parents=True, exist_ok=True)
     for name, part in (("train", rows[n_eval:]), ("eval", rows[:n_eval])):
         pairs = gold_pairs(part, min_gap=0.1)
@@ -63,36 +80,37 @@ def train(args) -> None:
     overrides = [
         f"data.path={work / 'train.jsonl'}",
         f"data.eval_path={work / 'eval.jsonl'}",
-        "data.max_length=160",
-        f"train.output_dir={work / 'run'}",
         f"train.epochs={args.epochs}",
-        "train.batch_size=8",
-        "train.micro_batch_size=8",
         f"train.lr={args.lr}",
-        "train.save_every=0",
-        "train.progress=false",
         f"lora.enabled={str(args.lora).lower()}",
         *args.overrides,
     ]
-    run_rm_train(load_config(RMConfig, None, overrides))
-    report = run_rm_eval(str(work / "run" / "model"), str(work / "eval.jsonl"), output=str(work / "gold_eval.json"))
-    print(json.dumps({k: report[k] for k in ("pairs", "accuracy", "length_baseline_accuracy", "ece")}))
+    return _train_and_eval(work, overrides, str(work / "eval.jsonl"))
+
+
+def preferences(args) -> dict:
+    work = Path(args.output) / "preferences"
+    overrides = ["data.path=bundled:preferences", "data.eval_fraction=0.1", f"train.epochs={args.epochs}", f"train.lr={args.lr}", f"lora.enabled={str(args.lora).lower()}", *args.overrides]
+    return _train_and_eval(work, overrides, None)
 
 
 def main() -> None:
     sys.path.insert(0, str(REPO / "src"))
     parser = argparse.ArgumentParser()
-    parser.add_argument("action", choices=["generate", "train"])
+    parser.add_argument("action", choices=["generate", "gold", "preferences"])
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="/tmp/tether-rm-gold")
+    parser.add_argument("--output", default="/tmp/tether-reward-accuracy")
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--lora", action="store_true")
-    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("overrides", nargs="*", help="more key=value overrides for tether rm train")
     args = parser.parse_intermixed_args()
-    generate(args.samples, args.max_new_tokens, args.seed) if args.action == "generate" else train(args)
+    if args.action == "generate":
+        return generate(args.samples, args.max_new_tokens, args.seed)
+    report = (gold if args.action == "gold" else preferences)(args)
+    print(f"RESULT {args.action}: " + json.dumps({k: round(report[k], 4) for k in KEYS}))
 
 
 if __name__ == "__main__":

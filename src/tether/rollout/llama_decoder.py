@@ -1,0 +1,146 @@
+"""A decoder for Llama-style models over a static KV cache that tether allocates and owns.
+
+Hugging Face's generic decode step pays, every token, for a growing ``DynamicCache`` (each layer
+concatenates its keys and values, copying the whole history), a freshly built 4-D attention
+mask, rotary tables recomputed from position ids and several layers of keyword plumbing. For a
+small model on a CPU that overhead is larger than the arithmetic. Here:
+
+* keys and values live in one pre-allocated tensor per layer, ``[B, Hkv, P + max_new, D]``;
+  a step writes one column and attends over a view of the filled prefix;
+* the key mask is one ``[B, P + max_new]`` bool tensor built at prefill (left padding False,
+  everything after True); a step slices it, nothing is rebuilt;
+* cos/sin come from the model's own rotary module once, for every position, then are indexed;
+* the layers' own submodules (``q_proj``, ``mlp``, norms...) are called, so LoRA-wrapped
+  projections work unchanged; only the attention plumbing is ours.
+
+Grouped-query attention without repeating keys: the G query heads that share a key/value head
+are laid out as G query rows of that head, ``[B, Hkv, G * S, D]``, which is exactly how
+``repeat_kv`` pairs them (query head h reads key head h // G).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# model_type values whose decoder layers compute exactly what this module does: pre-norm
+# RMSNorm, q/k/v/o projections with rotary embeddings on q and k, causal softmax attention
+# scaled by 1/sqrt(head_dim), a residual MLP, final norm, linear head.
+SUPPORTED_MODEL_TYPES = ("llama",)
+STATIC_ROPE_TYPES = ("default", "linear", "llama3")  # cos/sin depend on the position only
+
+
+def supports(model) -> bool:
+    """True when the model is a Llama-style causal LM this decoder reproduces exactly."""
+    from tether.models.forward import backbone_and_head
+
+    try:
+        backbone, _ = backbone_and_head(model)
+    except (TypeError, NotImplementedError):
+        return False
+    config = backbone.config
+    rope = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    return (
+        getattr(config, "model_type", None) in SUPPORTED_MODEL_TYPES
+        and rope in STATIC_ROPE_TYPES
+        and hasattr(backbone, "layers")
+        and hasattr(backbone, "rotary_emb")
+        and getattr(config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
+    )
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class LlamaStaticDecoder:
+    """``prefill(ids, mask, positions) -> logits [B, V]`` then ``step(tokens, positions, slot) -> logits [B, V]``."""
+
+    def __init__(self, model, batch_size: int, max_length: int):
+        from tether.models.forward import backbone_and_head
+
+        self.backbone, self.head = backbone_and_head(model)
+        config = self.backbone.config
+        self.layers = list(self.backbone.layers)[: config.num_hidden_layers]
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.groups = self.num_heads // self.num_kv_heads
+        self.eps = [(layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon) for layer in self.layers]
+        weight = self.head.weight
+        device, dtype = weight.device, self.backbone.embed_tokens.weight.dtype
+        shape = (batch_size, self.num_kv_heads, max_length, self.head_dim)
+        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in self.layers]  # L x [B, Hkv, T, D]
+        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in self.layers]  # L x [B, Hkv, T, D]
+        self.key_mask = torch.ones(batch_size, max_length, dtype=torch.bool, device=device)  # [B, T]
+        # The same mask as additive biases (0 / -inf): SDPA would convert a bool mask in every layer.
+        self.key_bias = torch.zeros(batch_size, max_length, dtype=dtype, device=device)  # [B, T]
+        self.max_length = max_length
+        self.cos = self.sin = None  # [max_pos, D], filled at prefill once the largest position is known
+
+    def _rope_tables(self, largest_position: int) -> None:
+        positions = torch.arange(largest_position + 1, device=self.key_mask.device)[None]  # [1, N]
+        probe = self.backbone.embed_tokens.weight[:1]  # dtype and device only
+        cos, sin = self.backbone.rotary_emb(probe, positions)  # [1, N, D] each
+        self.cos, self.sin = cos[0], sin[0]
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return x * cos + _rotate_half(x) * sin
+
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, start: int, mask: torch.Tensor) -> torch.Tensor:
+        """Run S new tokens per row that occupy cache columns [start, start + S).
+
+        input_ids, positions: [B, S]; mask: [B, 1, G*S or 1, start + S] additive (0 = may attend, -inf = may not).
+        Returns the final-normed hidden state of the last new token, [B, H].
+        """
+        batch, new = input_ids.shape
+        end = start + new
+        heads, kv_heads, dim, groups = self.num_heads, self.num_kv_heads, self.head_dim, self.groups
+        cos = self.cos[positions][:, None]  # [B, 1, S, D]
+        sin = self.sin[positions][:, None]  # [B, 1, S, D]
+        x = self.backbone.embed_tokens(input_ids)  # [B, S, H]
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = F.rms_norm(x, x.shape[-1:], layer.input_layernorm.weight, self.eps[i][0])  # [B, S, H]
+            q = attn.q_proj(h).view(batch, new, heads, dim).transpose(1, 2)  # [B, Hq, S, D]
+            k = attn.k_proj(h).view(batch, new, kv_heads, dim).transpose(1, 2)  # [B, Hkv, S, D]
+            v = attn.v_proj(h).view(batch, new, kv_heads, dim).transpose(1, 2)  # [B, Hkv, S, D]
+            self.keys[i][:, :, start:end] = self._rope(k, cos, sin)
+            self.values[i][:, :, start:end] = v
+            q = self._rope(q, cos, sin).reshape(batch, kv_heads, groups * new, dim)  # [B, Hkv, G*S, D]
+            out = F.scaled_dot_product_attention(
+                q, self.keys[i][:, :, :end], self.values[i][:, :, :end], attn_mask=mask, scale=attn.scaling
+            )  # [B, Hkv, G*S, D]
+            out = out.view(batch, heads, new, dim).transpose(1, 2).reshape(batch, new, heads * dim)  # [B, S, Hq*D]
+            x = x + attn.o_proj(out)
+            h = F.rms_norm(x, x.shape[-1:], layer.post_attention_layernorm.weight, self.eps[i][1])  # [B, S, H]
+            x = x + layer.mlp(h)
+        last = x[:, -1]  # [B, H]
+        norm = self.backbone.norm
+        return F.rms_norm(last, last.shape[-1:], norm.weight, norm.variance_epsilon)  # [B, H]
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.head.weight, self.head.bias)  # [B, V]
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Left-padded prompts [B, P] -> logits of the next token [B, V]."""
+        batch, width = input_ids.shape
+        self._rope_tables(int(position_ids.max()) + self.max_length - width)
+        self.key_mask[:, :width] = attention_mask.bool()
+        self.key_bias.masked_fill_(~self.key_mask, float("-inf"))
+        causal = torch.ones(width, width, dtype=torch.bool, device=input_ids.device).tril_()  # [P, P]
+        # Left-pad queries see no real key; letting every query see itself keeps their rows finite
+        # (an all-masked softmax is NaN, and NaN values would leak through zero attention weights).
+        mask = (causal & self.key_mask[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=input_ids.device)  # [B, P, P]
+        mask = mask[:, None, None].expand(batch, 1, self.groups, width, width).reshape(batch, 1, self.groups * width, width)
+        mask = torch.zeros(mask.shape, dtype=self.key_bias.dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+        return self._logits(self._forward(input_ids, position_ids, 0, mask))
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, slot: int) -> torch.Tensor:
+        """tokens [B], positions [B], slot = the cache column they occupy -> logits [B, V]."""
+        mask = self.key_bias[:, None, None, : slot + 1]  # [B, 1, 1, slot + 1], broadcast over the G query rows
+        return self._logits(self._forward(tokens[:, None], positions[:, None], slot, mask))
+
+
+__all__ = ["LlamaStaticDecoder", "SUPPORTED_MODEL_TYPES", "supports"]

@@ -1,0 +1,497 @@
+"""Pieces every online RL loop (PPO, GRPO, RLOO) shares: configuration sections, prompt data,
+sampling, scoring, reference and policy log-probabilities over responses, and logging.
+
+A step of any of these algorithms reads the same way:
+
+    prompts -> generate (G samples each) -> score -> reference log-probs -> advantages -> update
+
+and only the advantages and the loss differ. Those stay in each algorithm's own loop
+(``tether.trainers.ppo``, ``tether.trainers.critic_free``); what is here has no algorithm in it.
+
+Response tensors are laid out like a ``Rollout``: [B, Tr], row b is response b, column t its
+t-th generated token, ``mask`` True on generated tokens (including the eos that ended it).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from tether.config import LoRAConfig, ModelConfig, opt
+
+# ---------------------------------------------------------------------------------------------
+# Configuration sections
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PromptDataConfig:
+    path: str = opt("bundled:review_prompts", "Prompts to train on: any file tether reads as prompt records (a 'prompt' field or a conversation ending in a user turn), or bundled:<name>.")
+    eval_prompts: int = opt(16, "Prompts held out (a fixed, seeded pick) to measure the reward before and after training; 0 disables.")
+    eval_samples: int = opt(2, "Samples per held-out prompt in the before/after evaluation.")
+    split_seed: int = opt(1234, "Seed of the held-out pick (kept apart from train.seed so runs with different seeds share held-out prompts).")
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = opt(48, "Tokens generated per response at most.")
+    temperature: float = opt(1.0, "Sampling temperature; training log-probabilities use the same temperature so the importance ratio starts at 1.")
+    top_p: float = opt(1.0, "Nucleus sampling threshold (1.0: off). Log-probabilities are of the full distribution, before filtering.")
+    top_k: int = opt(0, "Sample from the k most likely tokens only (0: off).")
+
+
+@dataclass
+class OnlineTrainConfig:
+    output_dir: str = opt("runs/online", "Directory for checkpoints, logs, summary.json and the final model.")
+    steps: int = opt(100, "Optimizer rounds: each samples a fresh batch of prompts and responses, then updates on them.")
+    prompts_per_step: int = opt(8, "Prompts sampled per step.")
+    samples_per_prompt: int = opt(1, "Responses generated per prompt (the group size of GRPO and RLOO, at least 2 there).")
+    epochs: int = opt(1, "Passes over each step's responses (PPO epochs).")
+    minibatch_size: int = opt(0, "Responses per gradient update inside an epoch (0: the whole step's batch in one update).")
+    lr: float = opt(1e-5, "Peak learning rate of the policy.")
+    min_lr_ratio: float = opt(1.0, "Cosine decay ends at lr * min_lr_ratio (1.0: constant after warm-up).")
+    warmup_ratio: float = opt(0.0, "Fraction of the optimizer updates spent warming the learning rate up linearly.")
+    weight_decay: float = opt(0.0, "AdamW weight decay (not applied to biases and norms).")
+    adam_betas: list[float] = opt([0.9, 0.999], "AdamW betas.")
+    max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this value (0 disables).")
+    seed: int = opt(0, "Seed for prompt order, sampling and new heads.")
+    save_every: int = opt(25, "Write a checkpoint every N steps (0: only at the end).")
+    keep_checkpoints: int = opt(2, "How many recent checkpoints to keep.")
+    resume: bool = opt(False, "Continue from the latest checkpoint in output_dir.")
+    threads: int | None = opt(None, "torch CPU threads (default: torch's choice).")
+    progress: bool = opt(True, "Show a progress bar.")
+    monitor_window: int = opt(10, "Steps each reward-hacking monitor looks back over.")
+    max_minutes: float | None = opt(None, "Stop after the step that crosses this many minutes of training (a CPU budget); the model is saved and evaluated as usual.")
+
+
+@dataclass
+class RewardConfig:
+    source: str = opt("vader", "Reward to maximise: 'vader' (sentiment of the reply), 'module:function', or a saved reward model / ensemble directory.")
+    uncertainty_penalty: float | None = opt(None, "Ensembles: reward = mean - penalty * spread across members (None: the ensemble's own setting).")
+    gold: str | None = opt(None, "A second reward used only for monitoring (e.g. 'vader' when training on a reward model); enables the proxy-vs-gold monitor.")
+    clip: float | None = opt(None, "Clip scores to [-clip, clip] before use (None: no clipping).")
+
+
+@dataclass
+class KLConfig:
+    coef: float = opt(0.05, "Initial coefficient beta of the KL penalty to the reference policy.")
+    estimator: Literal["k1", "k2", "k3"] = opt("k1", "Per-token KL estimate: k1 = lp - ref, k2 = (lp - ref)^2 / 2, k3 = exp(ref - lp) - 1 - (ref - lp).")
+    adaptive: bool = opt(False, "Steer beta towards kl.target with a proportional controller (Ziegler et al. 2019); off: beta stays fixed.")
+    target: float = opt(6.0, "Adaptive controller: target KL per response (summed over tokens), in nats.")
+    horizon: float = opt(10000.0, "Adaptive controller: responses over which beta may change by a factor of about e^0.2.")
+    reference: Literal["auto", "copy", "adapter"] = opt("auto", "Reference policy: the base model with LoRA adapters off, or a frozen copy. auto: adapter with LoRA, copy otherwise.")
+
+
+def default_lora() -> LoRAConfig:
+    return LoRAConfig(enabled=True, r=16, alpha=32)
+
+
+@dataclass
+class OnlineSections:
+    """The sections every online trainer's config holds (each trainer adds its own)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoRAConfig = field(default_factory=default_lora)
+    data: PromptDataConfig = field(default_factory=PromptDataConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts, sampling, scoring
+# ---------------------------------------------------------------------------------------------
+
+
+def load_prompts(cfg: PromptDataConfig) -> tuple[list[list[dict]], list[list[dict]]]:
+    """(train prompts, held-out prompts), each a conversation ending in a user turn."""
+    from tether.data import load_records
+
+    records = load_records(cfg.path, kind="prompt").records
+    prompts = [r.prompt for r in records]
+    n_eval = min(cfg.eval_prompts, max(0, len(prompts) - 1))
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.split_seed)).tolist()
+    held_out = set(order[:n_eval])
+    train = [p for i, p in enumerate(prompts) if i not in held_out]
+    return train, [prompts[i] for i in sorted(held_out)]
+
+
+def prompt_text(prompt: list[dict]) -> str:
+    """What a reward source sees as the prompt: the last user message."""
+    return prompt[-1]["content"]
+
+
+def sampling_params(cfg: SamplingConfig):
+    from tether.rollout.engine import SamplingParams
+
+    return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The sampling generator of one step: seeded by (seed, step) so a resumed run draws the same."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+@torch.no_grad()
+def sample_responses(model, tokenizer, prompts: list[list[dict]], group_size: int, params, generator: torch.Generator):
+    """``group_size`` responses to each prompt, group-major (prompt i's are rows i*G .. i*G+G-1)."""
+    from tether.rollout.engine import encode_prompts, generate
+
+    was_training = model.training
+    model.eval()
+    ids = encode_prompts(tokenizer, prompts)
+    rollout = generate(model, tokenizer, [p for p in ids for _ in range(group_size)], params, generator)
+    model.train(was_training)
+    return rollout
+
+
+def load_reward(spec: str, penalty: float | None = None):
+    from tether.rollout.rewards import load_reward_source
+
+    kw = {"penalty": penalty} if penalty is not None and Path(spec).expanduser().is_dir() else {}
+    return load_reward_source(spec, **kw)
+
+
+def score(source, prompts: list[list[dict]], texts: list[str], group_size: int, clip: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Scores [B] of the responses (prompts repeated ``group_size`` times) and the means of any diagnostics."""
+    repeated = [prompt_text(p) for p in prompts for _ in range(group_size)]
+    out = source.score(repeated, list(texts))
+    scores = out["reward"].float()  # [B]
+    if clip is not None:
+        scores = scores.clamp(-clip, clip)
+    extras = {f"reward/{k}": float(v.float().mean()) for k, v in out.items() if k != "reward"}
+    return scores, extras
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-probabilities and hidden states of responses
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ResponseBatch:
+    """Prompt + response token rows for a forward pass, and where each response token sits.
+
+    ``positions[b, t]`` is the column whose hidden state predicts response token t of row b
+    (prompt_len − 1 + t): the policy's log-prob of that token and the value of the state before it
+    both read that column.
+    """
+
+    input_ids: torch.Tensor  # [B, T] long, right-padded
+    attention_mask: torch.Tensor  # [B, T] long
+    position_ids: torch.Tensor  # [B, T] long
+    positions: torch.Tensor  # [B, Tr] long, column of the hidden state that predicts response token t
+    response_ids: torch.Tensor  # [B, Tr] long
+    mask: torch.Tensor  # [B, Tr] bool
+
+    @classmethod
+    def from_rollout(cls, rollout, pad_id: int, rows: torch.Tensor | None = None) -> ResponseBatch:
+        from tether.data.batches import collate
+
+        rows = torch.arange(rollout.response_ids.shape[0]) if rows is None else rows
+        sequences = rollout.sequences()
+        chosen = [sequences[i] for i in rows.tolist()]
+        batch = collate([[s] for s in chosen], pad_id)  # padded, one sequence per row
+        response_ids, mask = rollout.response_ids[rows], rollout.response_mask[rows]  # [B, Tr]
+        prompt_lens = torch.tensor([plen for _, plen in chosen])  # [B]
+        t = torch.arange(response_ids.shape[1])  # [Tr]
+        positions = (prompt_lens.unsqueeze(1) - 1 + t).clamp(max=batch.input_ids.shape[1] - 1)  # [B, Tr]
+        return cls(batch.input_ids, batch.attention_mask, batch.position_ids, positions, response_ids, mask.bool())
+
+
+def response_hidden(model, batch: ResponseBatch) -> torch.Tensor:
+    """Backbone hidden states at the response positions -> [B, Tr, H]."""
+    from tether.models import forward_hidden
+
+    hidden = forward_hidden(model, batch.input_ids, batch.position_ids, batch.attention_mask)  # [B, T, H]
+    index = batch.positions.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # [B, Tr, H]
+    return hidden.gather(1, index)  # [B, Tr, H]
+
+
+def response_logprobs(model, hidden: torch.Tensor, batch: ResponseBatch, temperature: float, chunk_size: int, entropy: bool = False):
+    """Log-probs [B, Tr] of the response tokens (0 off the mask) from ``response_hidden``; with
+    ``entropy`` also the exact per-token entropy [B, Tr], detached.
+
+    ``tether.rl.token_logprobs`` walks the vocabulary in chunks, so no [B, Tr, V] float logits
+    are held. Its entropy comes without a gradient; an entropy *bonus* therefore uses the sample
+    estimate −log π(y_t) (see ``entropy_surrogate``).
+    """
+    from tether.models import backbone_and_head
+    from tether.rl.logprobs import token_logprobs
+
+    _, head = backbone_and_head(model)
+    mask = batch.mask.to(hidden.device)
+    out = token_logprobs(hidden[mask], head.weight, batch.response_ids.to(hidden.device)[mask], bias=head.bias, temperature=temperature, chunk_size=chunk_size, return_entropy=entropy)
+    positions = mask.nonzero(as_tuple=True)
+
+    def scatter(values):  # [M] -> [B, Tr], differentiable
+        return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).index_put(positions, values)
+
+    if entropy:
+        return scatter(out[0]), scatter(out[1])
+    return scatter(out), None
+
+
+def entropy_surrogate(logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token term whose gradient, for tokens sampled from π, is an unbiased estimate of ∇H.
+
+        ∇H = −Σ_y ∇π(y)·(log π(y) + 1) = −E_y[log π(y)·∇log π(y)]    (E[∇log π] = 0)
+
+    so  −sg(log π(y))·log π(y)  has the right gradient; its value equals the sample estimate of H.
+    """
+    return -logprobs.detach() * logprobs
+
+
+class Reference:
+    """Per-token reference log-probabilities: the policy with adapters off, or a frozen copy."""
+
+    def __init__(self, mode: str, model, lora_enabled: bool):
+        if mode == "auto":
+            mode = "adapter" if lora_enabled else "copy"
+        if mode == "adapter" and not lora_enabled:
+            raise ValueError("kl.reference=adapter needs lora.enabled=true (the reference is the model with its adapters off)")
+        self.mode = mode
+        self.frozen = None
+        if mode == "copy":
+            import copy
+
+            self.frozen = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def logprobs(self, model, batch: ResponseBatch, temperature: float, chunk_size: int) -> torch.Tensor:
+        from tether.models import disabled_adapter
+
+        target = self.frozen if self.frozen is not None else model
+        was_training = model.training
+        model.eval()
+        with disabled_adapter(model) if self.frozen is None else nullcontext():
+            lp, _ = response_logprobs(target, response_hidden(target, batch), batch, temperature, chunk_size)  # [B, Tr]
+        model.train(was_training)
+        return lp
+
+
+def make_kl_controller(cfg: KLConfig):
+    from tether.rl.kl import AdaptiveKLController, FixedKLController
+
+    return AdaptiveKLController(cfg.coef, cfg.target, cfg.horizon) if cfg.adaptive else FixedKLController(cfg.coef)
+
+
+def minibatches(n: int, size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """A seeded shuffle of rows 0..n−1 split into minibatches of ``size`` (0: one of all rows)."""
+    size = n if size <= 0 else min(size, n)
+    order = torch.randperm(n, generator=generator)
+    return [order[i : i + size] for i in range(0, n, size)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing, logging, monitors
+# ---------------------------------------------------------------------------------------------
+
+
+class Timer:
+    """Seconds per phase of a step: ``with timer("generate"): ...``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{k}": v for k, v in self.seconds.items()}
+
+
+def rollout_metrics(rollout, scores: torch.Tensor, kl: torch.Tensor, gold: torch.Tensor | None) -> dict[str, float]:
+    """What practitioners watch about the samples themselves."""
+    lengths = rollout.response_mask.sum(1).float()  # [B]
+    out = {
+        "reward/mean": float(scores.mean()),
+        "reward/std": float(scores.std()) if scores.numel() > 1 else 0.0,
+        "kl/ref": float(kl.sum(1).mean()),  # per response, summed over its tokens
+        "response/length": float(lengths.mean()),
+        "response/finished": float(rollout.finished.float().mean()),
+    }
+    if gold is not None:
+        out["gold/mean"] = float(gold.mean())
+    return out
+
+
+def print_monitor_warnings(logger, warnings) -> None:
+    for w in warnings:
+        logger.print(f"[bold yellow]{w.line()}[/]")
+
+
+def checkpoint_extra(kl_ctl, monitors, history: dict[str, list[float]], before: dict | None) -> dict:
+    return {"kl_controller": kl_ctl.state_dict(), "monitors": monitors.state_dict(), "history": history, "eval_before": before}
+
+
+def trim_history(history: dict[str, list[float]], steps: int) -> None:
+    for values in history.values():
+        del values[steps:]
+
+
+def prepare_output(output_dir: str, resume: bool):
+    """(Checkpointer, latest checkpoint or None); a fresh run clears an earlier run's state."""
+    import shutil
+
+    from tether.trainers.common import Checkpointer
+
+    checkpoints = Checkpointer(output_dir)
+    latest = checkpoints.latest()
+    if resume and latest is None:
+        print(f"train.resume=true but no checkpoint in {checkpoints.root}; starting from step 0")
+    if not resume and latest is not None:
+        print(f"{output_dir} holds checkpoints of an earlier run; starting afresh (train.resume=true continues instead)")
+        shutil.rmtree(checkpoints.root)
+    if not resume:
+        (Path(output_dir) / "metrics.jsonl").unlink(missing_ok=True)
+    return checkpoints, (latest if resume else None)
+
+
+def build_scheduler(optimizer, total_updates: int, cfg: OnlineTrainConfig):
+    from tether.trainers.common import warmup_cosine
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_updates, cfg.warmup_ratio, cfg.min_lr_ratio))
+
+
+def build_optimizer(param_groups: list[dict], cfg: OnlineTrainConfig) -> torch.optim.AdamW:
+    """AdamW over groups of (name, parameter) lists; 1-D tensors get no weight decay."""
+    groups = []
+    for group in param_groups:
+        params = [p for p in group["params"] if p.requires_grad]
+        lr = group.get("lr", cfg.lr)
+        groups.append({"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr})
+        groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr})
+    return torch.optim.AdamW([g for g in groups if g["params"]], betas=tuple(cfg.adam_betas), fused=True)
+
+
+def evaluate_held_out(model, tokenizer, prompts, source, gold, params, samples: int, seed: int, reference: Reference | None, temperature: float, chunk_size: int) -> dict[str, float]:
+    """Mean reward (and gold reward, and KL to the reference) on held-out prompts."""
+    from tether.evaluate.online import mean_reward
+    from tether.rollout.engine import pad_token_id
+
+    def ref_fn(rollout):
+        return reference.logprobs(model, ResponseBatch.from_rollout(rollout, pad_token_id(tokenizer)), temperature, chunk_size)
+
+    return mean_reward(model, tokenizer, prompts, source, params, samples, seed=seed, gold=gold, reference_logprobs=ref_fn if reference is not None else None)
+
+
+__all__ = [
+    "KLConfig",
+    "OnlineSections",
+    "OnlineTrainConfig",
+    "PromptDataConfig",
+    "Reference",
+    "ResponseBatch",
+    "RewardConfig",
+    "SamplingConfig",
+    "Timer",
+    "entropy_surrogate",
+    "evaluate_held_out",
+    "load_prompts",
+    "load_reward",
+    "make_kl_controller",
+    "minibatches",
+    "response_hidden",
+    "response_logprobs",
+    "rollout_metrics",
+    "sample_responses",
+    "score",
+    "step_generator",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Start and end of a run (the loop in between belongs to each algorithm)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSetup:
+    policy: torch.nn.Module
+    tokenizer: object
+    reference: Reference
+    source: object
+    gold: object | None
+    train_prompts: list
+    eval_prompts: list
+    params: object  # SamplingParams
+    plan: object  # StepPlan over train prompts
+    pad_id: int
+
+
+def start_run(cfg, reward_source=None, gold_source=None) -> RunSetup:
+    """Seed, load the policy (and its reference, before any checkpoint changes the weights),
+    the reward sources and the prompts."""
+    from tether.config import save_yaml
+    from tether.rollout.engine import pad_token_id
+    from tether.trainers.common import StepPlan, configure_threads, load_trainable_model, set_seed
+
+    configure_threads(cfg.train.threads)
+    set_seed(cfg.train.seed)
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml")
+    policy, tokenizer = load_trainable_model(cfg.model, cfg.lora, cfg.train.seed)
+    reference = Reference(cfg.kl.reference, policy, cfg.lora.enabled)
+    source = reward_source if reward_source is not None else load_reward(cfg.reward.source, cfg.reward.uncertainty_penalty)
+    gold = gold_source if gold_source is not None else (load_reward(cfg.reward.gold) if cfg.reward.gold else None)
+    train_prompts, eval_prompts = load_prompts(cfg.data)
+    plan = StepPlan(len(train_prompts), cfg.train.prompts_per_step, 1.0, cfg.train.steps, cfg.train.seed)
+    return RunSetup(policy, tokenizer, reference, source, gold, train_prompts, eval_prompts, sampling_params(cfg.sampling), plan, pad_token_id(tokenizer))
+
+
+def held_out(run: RunSetup, cfg) -> dict[str, float] | None:
+    if not run.eval_prompts or cfg.data.eval_samples <= 0:
+        return None
+    return evaluate_held_out(
+        run.policy, run.tokenizer, run.eval_prompts, run.source, run.gold, run.params, cfg.data.eval_samples, cfg.data.split_seed, run.reference, cfg.sampling.temperature, cfg.model.chunk_size
+    )
+
+
+def log_step(logger, history: dict[str, list[float]], monitors, step: int, metrics: dict[str, float]) -> None:
+    """Append to the history, write the log line, run the monitors and print what fires."""
+    for k, v in metrics.items():
+        history.setdefault(k, []).append(float(v))
+    logger.log(step, metrics)
+    print_monitor_warnings(logger, monitors.check(step, history))
+    logger.advance(step, info=f"reward {metrics['reward/mean']:+.3f} kl {metrics['kl/ref']:.2f}")
+
+
+def out_of_time(cfg, loop_started: float) -> bool:
+    budget = cfg.train.max_minutes
+    return budget is not None and (time.time() - loop_started) / 60 >= budget
+
+
+def finish_run(run: RunSetup, cfg, logger, history, monitors, before, started: float, title: str, steps_done: int) -> dict:
+    """Held-out evaluation after training, the final model in HF format, summary.json."""
+    from tether.models import save_model
+
+    logger.close()
+    after = held_out(run, cfg)
+    out = Path(cfg.train.output_dir)
+    save_model(run.policy, run.tokenizer, out / "model")
+    rows: dict = {"algorithm": title, "steps": steps_done, "seconds": round(time.time() - started, 1)}
+    for name, report in (("before", before), ("after", after)):
+        for k, v in (report or {}).items():
+            rows[f"held_out/{name}/{k}"] = v
+    for k, series in history.items():
+        if series:
+            rows[f"last/{k}"] = series[-1]
+    rows["monitor_warnings"] = monitors.summary()
+    logger.summary(f"{title} summary", rows)
+    print(f"saved model to {out / 'model'}")
+    return rows
+
+
+__all__ += ["RunSetup", "finish_run", "held_out", "log_step", "out_of_time", "start_run"]

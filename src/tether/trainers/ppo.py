@@ -1,0 +1,286 @@
+"""PPO for language models (Ziegler et al. 2019; Ouyang et al. 2022): ``tether ppo``.
+
+One step:
+
+1. sample ``prompts_per_step × samples_per_prompt`` responses from the policy;
+2. score each with the reward source (one number per response);
+3. with no gradient: the old log-probs and values (one backbone pass: the value head reads the
+   policy's own hidden states, or a separate critic's), and the reference log-probs;
+4. per-token rewards r_t = −β·KL_t plus the score at the last response token
+   (``tether.rl.advantages.kl_penalized_rewards``); GAE → advantages and λ-returns; whitening;
+5. ``epochs`` passes over shuffled minibatches: clipped surrogate + vf_coef · clipped value loss
+   − entropy_coef · entropy, averaged over the minibatch's tokens; stop the step's updates early
+   once a minibatch's approx-KL to the sampling policy exceeds ``ppo.target_kl``;
+6. the KL controller moves β towards its target (if adaptive).
+
+The value head is a linear map from the last hidden state to a scalar, zero-initialised so the
+first advantages are the rewards themselves. It is saved beside the model as
+``value_head.safetensors``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from tether.config import opt
+from tether.trainers.online import OnlineSections, OnlineTrainConfig
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+@dataclass
+class PPOSection:
+    gamma: float = opt(1.0, "Discount per token in GAE (1.0: the score at the end counts fully for every token).")
+    lam: float = opt(0.95, "GAE lambda: 1 = Monte-Carlo returns (high variance), 0 = one-step TD (biased by the value).")
+    clip_eps: float = opt(0.2, "Clip range of the importance ratio in the surrogate loss.")
+    value_clip: float | None = opt(0.2, "Clip range of the value update around the rollout-time values (None: plain squared error).")
+    vf_coef: float = opt(0.1, "Weight of the value loss.")
+    entropy_coef: float = opt(0.0, "Weight of the entropy bonus (sample estimate; the logged entropy is exact).")
+    whiten_advantages: bool = opt(True, "Standardise the advantages over the step's tokens.")
+    target_kl: float | None = opt(None, "Stop the step's remaining updates once a minibatch's approx-KL to the sampling policy exceeds this (None: never).")
+    critic: Literal["head", "separate"] = opt("head", "head: a value head on the policy's hidden states (shared backbone); separate: a second model (same init, its own LoRA) with its own head.")
+    value_lr: float | None = opt(None, "Learning rate of the value head / critic (None: train.lr).")
+
+
+@dataclass
+class PPOConfig(OnlineSections):
+    """PPO with a value function against a reward source, KL-penalised towards the reference."""
+
+    train: OnlineTrainConfig = field(default_factory=lambda: OnlineTrainConfig(output_dir="runs/ppo", epochs=2, minibatch_size=8, lr=1e-5))
+    ppo: PPOSection = field(default_factory=PPOSection)
+
+
+class ValueHead(nn.Module):
+    """Hidden state [*, H] -> value [*]."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)  # V ≡ 0 at the start: the first advantages are the rewards
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1)
+
+
+class PPOModules(nn.Module):
+    """Everything PPO trains, in one module so checkpoints and the optimizer see it whole."""
+
+    def __init__(self, policy: nn.Module, value_head: ValueHead, critic: nn.Module | None = None):
+        super().__init__()
+        self.policy = policy
+        self.value_head = value_head
+        self.critic = critic
+
+    def value_parameters(self) -> list[nn.Parameter]:
+        params = list(self.value_head.parameters())
+        if self.critic is not None:
+            params += [p for p in self.critic.parameters() if p.requires_grad]
+        return params
+
+    def forward(self, batch, temperature: float, chunk_size: int, entropy: bool = False):
+        """-> log-probs [B, Tr], values [B, Tr] (0 off the mask), entropy [B, Tr] or None."""
+        from tether.trainers.online import response_hidden, response_logprobs
+
+        hidden = response_hidden(self.policy, batch)  # [B, Tr, H]
+        logprobs, ent = response_logprobs(self.policy, hidden, batch, temperature, chunk_size, entropy)  # [B, Tr]
+        critic_hidden = hidden if self.critic is None else response_hidden(self.critic, batch)  # [B, Tr, H]
+        values = self.value_head(critic_hidden)  # [B, Tr]
+        values = torch.where(batch.mask.to(values.device), values, torch.zeros((), dtype=values.dtype))
+        return logprobs, values, ent
+
+
+def hidden_size(model) -> int:
+    from tether.models import unwrap_peft
+
+    config = unwrap_peft(model).config
+    return (config.get_text_config() if hasattr(config, "get_text_config") else config).hidden_size
+
+
+def save_value_head(head: ValueHead, directory: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(directory / VALUE_HEAD_FILE))
+
+
+def load_value_head(directory: str | Path) -> ValueHead:
+    """The value head saved beside a PPO model."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(directory) / VALUE_HEAD_FILE))
+    head = ValueHead(state["linear.weight"].shape[1])
+    head.load_state_dict(state)
+    return head
+
+
+def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
+    """Train with PPO; saves ``<output_dir>/model`` (+ value head) and returns the summary rows.
+
+    ``reward_source`` / ``gold_source`` (objects with ``score(prompts, responses)``) replace
+    ``reward.source`` / ``reward.gold`` when given (Python callers, tests).
+    """
+    from tether.evaluate.monitors import Monitors
+    from tether.losses.policy import ppo_clip_loss
+    from tether.losses.reduce import masked_mean, token_mean_global
+    from tether.losses.value import clipped_value_loss, explained_variance
+    from tether.models import save_model
+    from tether.rl.advantages import gae, kl_penalized_rewards, whiten
+    from tether.trainers.common import RunLogger, ensure_finite, trainable_parameters
+    from tether.trainers.online import (
+        ResponseBatch,
+        Timer,
+        build_optimizer,
+        build_scheduler,
+        checkpoint_extra,
+        entropy_surrogate,
+        finish_run,
+        held_out,
+        log_step,
+        make_kl_controller,
+        minibatches,
+        out_of_time,
+        prepare_output,
+        rollout_metrics,
+        sample_responses,
+        score,
+        start_run,
+        step_generator,
+        trim_history,
+    )
+
+    started = time.time()
+    run = start_run(cfg, reward_source, gold_source)
+    t, p = cfg.train, cfg.ppo
+    critic = None
+    if p.critic == "separate":
+        from tether.trainers.common import load_trainable_model
+
+        critic, _ = load_trainable_model(cfg.model, cfg.lora, t.seed + 1)
+    modules = PPOModules(run.policy, ValueHead(hidden_size(run.policy)), critic)
+    policy_params = [q for q in run.policy.parameters() if q.requires_grad]
+    optimizer = build_optimizer([{"params": policy_params}, {"params": modules.value_parameters(), "lr": p.value_lr or t.lr}], t)
+    scheduler = build_scheduler(optimizer, t.steps, t)
+    kl_ctl = make_kl_controller(cfg.kl)
+    monitors = Monitors(t.monitor_window)
+    checkpoints, latest = prepare_output(t.output_dir, t.resume)
+    history: dict[str, list[float]] = {}
+    before = None
+    start_step = 0
+    if latest is not None:
+        start_step, extra = checkpoints.load(latest, modules, optimizer, scheduler)
+        kl_ctl.load_state_dict(extra["kl_controller"])
+        monitors.load_state_dict(extra["monitors"])
+        history, before = extra["history"], extra["eval_before"]
+        trim_history(history, start_step)
+        print(f"resumed from {latest} at step {start_step}")
+    if start_step == 0:
+        before = held_out(run, cfg)
+        if before:
+            print(f"held-out before training: {before}")
+    params = [q for q in trainable_parameters(modules).values()]
+    temperature, chunk = cfg.sampling.temperature, cfg.model.chunk_size
+    group = t.samples_per_prompt
+    logger = RunLogger(t.output_dir, t.steps, start_step, progress=t.progress, title="ppo")
+    modules.train()
+    loop_started = time.time()
+    done = start_step
+    for step in range(start_step, t.steps):
+        timer = Timer()
+        prompts = [run.train_prompts[i] for i in run.plan.indices(step)]
+        with timer("generate"):
+            rollout = sample_responses(run.policy, run.tokenizer, prompts, group, run.params, step_generator(t.seed, step))
+        with timer("score"):
+            scores, extras = score(run.source, prompts, rollout.texts, group, cfg.reward.clip)  # [B]
+            gold = score(run.gold, prompts, rollout.texts, group)[0] if run.gold is not None else None  # [B]
+        batch = ResponseBatch.from_rollout(rollout, run.pad_id)
+        mask = batch.mask  # [B, Tr]
+        with timer("reference+value"), torch.no_grad():
+            ref_lp = run.reference.logprobs(run.policy, batch, temperature, chunk)  # [B, Tr]
+            old_lp, old_values, entropy = modules(batch, temperature, chunk, entropy=True)  # [B, Tr] each
+        rewards, kl = kl_penalized_rewards(scores, old_lp, ref_lp, mask, kl_coef=kl_ctl.value, estimator=cfg.kl.estimator)  # [B, Tr]
+        advantages, returns = gae(rewards, old_values, gamma=p.gamma, lam=p.lam, mask=mask)  # [B, Tr]
+        if p.whiten_advantages:
+            advantages = whiten(advantages, mask)
+
+        with timer("update"):
+            sums: dict[str, float] = {}
+            updates = 0
+            early_stop = False
+            shuffle = torch.Generator().manual_seed(t.seed * 7919 + step)
+            for _epoch in range(t.epochs):
+                for rows in minibatches(len(rollout.texts), t.minibatch_size, shuffle):
+                    sub = ResponseBatch.from_rollout(rollout, run.pad_id, rows)
+                    m = sub.mask  # [b, Tr]
+                    logprobs, values, _ = modules(sub, temperature, chunk)  # [b, Tr]
+                    pg_losses, pg_metrics = ppo_clip_loss(logprobs, old_lp[rows], advantages[rows], m, clip_eps=p.clip_eps)  # [b, Tr]
+                    v_losses, v_metrics = clipped_value_loss(values, old_values[rows], returns[rows], m, clip_eps=p.value_clip)  # [b, Tr]
+                    per_token = pg_losses + p.vf_coef * v_losses  # [b, Tr]
+                    if p.entropy_coef:
+                        per_token = per_token - p.entropy_coef * entropy_surrogate(logprobs)
+                    loss = token_mean_global(per_token, m, m.sum().clamp(min=1))
+                    ensure_finite(loss.detach(), step + 1)
+                    loss.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    updates += 1
+                    piece = {
+                        "loss/total": float(loss.detach()),
+                        "loss/policy": float(masked_mean(pg_losses.detach(), m)),
+                        "loss/value": float(masked_mean(v_losses.detach(), m)),
+                        "policy/approx_kl": float(pg_metrics["approx_kl"]),
+                        "policy/clip_frac": float(pg_metrics["clipfrac"]),
+                        "value/clip_frac": float(v_metrics["value/clipfrac"]),
+                        "grad_norm": float(grad_norm),
+                    }
+                    for k, v in piece.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    if p.target_kl is not None and piece["policy/approx_kl"] > p.target_kl:
+                        early_stop = True
+                        break
+                if early_stop:
+                    break
+            metrics = {k: v / max(updates, 1) for k, v in sums.items()}
+            metrics["lr"] = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+
+        metrics.update(rollout_metrics(rollout, scores, kl, gold))
+        metrics.update(extras)
+        metrics.update(timer.metrics())
+        metrics.update(
+            {
+                "kl/coef": kl_ctl.value,
+                "policy/entropy": float(masked_mean(entropy, mask)),
+                "value/explained_variance": float(explained_variance(old_values, returns, mask)),
+                "value/mean": float(masked_mean(old_values, mask)),
+                "updates": float(updates),
+                "early_stopped": float(early_stop),
+            }
+        )
+        kl_ctl.update(metrics["kl/ref"], len(rollout.texts))
+        log_step(logger, history, monitors, step + 1, metrics)
+        done = step + 1
+        if out_of_time(cfg, loop_started):
+            logger.print(f"train.max_minutes={t.max_minutes} reached after step {done}; stopping")
+            break
+        if t.save_every and done % t.save_every == 0 and done < t.steps:
+            checkpoints.save(done, modules, optimizer, scheduler, checkpoint_extra(kl_ctl, monitors, history, before))
+
+    checkpoints.save(done, modules, optimizer, scheduler, checkpoint_extra(kl_ctl, monitors, history, before))
+    rows = finish_run(run, cfg, logger, history, monitors, before, started, "ppo", done)
+    out = Path(t.output_dir)
+    if critic is None:
+        save_value_head(modules.value_head, out / "model")
+    else:
+        save_model(critic, run.tokenizer, out / "critic")
+        save_value_head(modules.value_head, out / "critic")
+    return rows
+
+
+__all__ = ["PPOConfig", "PPOModules", "PPOSection", "VALUE_HEAD_FILE", "ValueHead", "load_value_head", "run_ppo"]
