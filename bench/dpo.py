@@ -214,7 +214,7 @@ def main() -> None:
     parser.add_argument("--side", choices=["tether", "trl", "variants"], help=argparse.SUPPRESS)
     parser.add_argument("--model", default="default", help="'default' or a Hugging Face model directory (a smoke test may pass a tiny one)")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per run")
+    parser.add_argument("--steps", type=int, default=2, help="timed optimizer steps per run (one full run stays near 10 minutes on 2 cores)")
     parser.add_argument("--warmup", type=int, default=1, help="optimizer steps before the timed window")
     parser.add_argument("--batch", type=int, default=8, help="pairs per optimizer step")
     parser.add_argument("--max-length", type=int, default=512)

@@ -21,7 +21,8 @@ How the settings were matched (TRL 1.16 ``GRPOConfig`` field = tether ``GRPOConf
   steps are aligned), tether the sampling log-probs of the rollout;
 * completion length: ``max_completion_length=N`` plus ``generation_kwargs={"min_new_tokens": N}``
   = ``sampling.max_new_tokens=N`` with the engine's ``stop_at_eos=False``, so every completion
-  on both sides is exactly N tokens (checked on the tether side from the logged lengths);
+  on both sides is exactly N tokens (checked: tether's logged mean lengths, TRL's
+  ``completion_ids`` as its reward function receives them);
 * sampling: temperature 1, top_p 1, top_k 0 on both;
 * loss: clipped surrogate (ε = 0.2) + β·k3 KL per token, token mean over the batch:
   ``beta=β, epsilon=0.2, loss_type="dapo"`` (normaliser: active tokens of the global batch, which
@@ -38,7 +39,10 @@ How the settings were matched (TRL 1.16 ``GRPOConfig`` field = tether ``GRPOConf
 
 Timed window, the same on both sides: from the end of optimizer step ``--warmup`` to the end of
 the last step (tether: the step time stamps in ``metrics.jsonl``; TRL: an ``on_step_end``
-callback). Each side runs in its own subprocess (its peak RSS is its own), one at a time,
+callback). Time split per timed step: tether's own ``time/*`` metrics; for TRL the seconds
+inside its ``_generate``, ``_calculate_rewards`` and reference-model log-prob calls (wrapped
+around the trainer's methods), the rest of the step being the update and TRL's bookkeeping;
+"other" on the tether side is the step time its phases leave out. Each side runs in its own subprocess (its peak RSS is its own), one at a time,
 alternating within a round and swapping who goes first each round; medians over rounds.
 """
 
@@ -105,8 +109,10 @@ def run_tether(args) -> dict:
     lengths = {r["response/length"] for r in timed}
     if lengths != {float(args.new_tokens)}:
         raise RuntimeError(f"tether completions were not all {args.new_tokens} tokens: mean lengths {sorted(lengths)}")
+    seconds = rows[-1]["time"] - rows[args.warmup - 1]["time"]
     split = {k.split("/", 1)[1]: statistics.mean(r[k] for r in timed) for k in timed[0] if k.startswith("time/")}
-    return {"samples": args.steps * args.prompts * args.group, "seconds": rows[-1]["time"] - rows[args.warmup - 1]["time"], "split": split,
+    split["other"] = seconds / args.steps - sum(split.values())
+    return {"samples": args.steps * args.prompts * args.group, "seconds": seconds, "split": split,
             "reward": statistics.mean(r["reward/mean"] for r in rows)}
 
 
@@ -141,9 +147,13 @@ def run_trl(args) -> dict:
         lengths.extend(len(ids) for ids in kw.get("completion_ids", []))
         return scores
 
+    phases: dict[str, float] = {"generate": 0.0, "score": 0.0, "reference": 0.0}
+    snapshots: list[dict[str, float]] = []
+
     class Clock(TrainerCallback):
         def on_step_end(self, *a, **k):
             stamps.append(time.perf_counter())
+            snapshots.append(dict(phases))
 
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="bench-online-trl-"), per_device_train_batch_size=args.prompts * args.group,
@@ -156,11 +166,39 @@ def run_trl(args) -> dict:
         dataloader_num_workers=0, seed=SEED, log_completions=False,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=vader, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[Clock()])
+    _time_trl_phases(trainer, phases)
     trainer.train()
     if lengths and set(lengths) != {args.new_tokens}:
         raise RuntimeError(f"TRL completions were not all {args.new_tokens} tokens: {sorted(set(lengths))}")
-    return {"samples": args.steps * args.prompts * args.group, "seconds": stamps[-1] - stamps[args.warmup - 1],
+    seconds = stamps[-1] - stamps[args.warmup - 1]
+    split = {k: (snapshots[-1][k] - snapshots[args.warmup - 1][k]) / args.steps for k in phases}
+    split["update+other"] = seconds / args.steps - sum(split.values())
+    return {"samples": args.steps * args.prompts * args.group, "seconds": seconds, "split": split,
             "reward": statistics.mean(rewards), "checked_lengths": bool(lengths)}
+
+
+def _time_trl_phases(trainer, phases: dict[str, float]) -> None:
+    """Accumulate seconds spent in TRL's generation, reward and reference passes into ``phases``
+    by wrapping the trainer's own methods (instance attributes shadow the class's); the update
+    (policy forward, backward, optimizer step) and TRL's bookkeeping are the rest of the step."""
+
+    def timed(fn, name, when=lambda *a, **k: True):
+        def wrapper(*a, **k):
+            if not when(*a, **k):
+                return fn(*a, **k)
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                phases[name] += time.perf_counter() - start
+
+        return wrapper
+
+    trainer._generate = timed(trainer._generate, "generate")
+    trainer._calculate_rewards = timed(trainer._calculate_rewards, "score")
+    trainer._get_per_token_logps_and_entropies = timed(
+        trainer._get_per_token_logps_and_entropies, "reference", when=lambda model, *a, **k: model is trainer.ref_model
+    )
 
 
 RUNNERS = {"tether": run_tether, "trl": run_trl}

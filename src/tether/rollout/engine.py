@@ -145,17 +145,19 @@ def top_p_filter_(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 
 class Sampler:
-    """Draws one token per row from logits and reports its log-prob; owns a reusable noise buffer.
+    """Draws one token per row from logits and reports its log-prob.
 
-    Sampling is the Gumbel-max trick: ``argmax(filtered_logits - log E)`` with ``E ~ Exp(1)`` draws
-    exactly from ``softmax(filtered_logits)`` with one noise fill and one argmax, no normalised
-    probability tensor and no ``multinomial``.
+    Inverse-CDF sampling: one exponential pass gives the unnormalised probabilities (and with
+    their sum the log-normaliser of the *unfiltered* distribution), filtered tokens get weight 0,
+    an in-place cumulative sum and one uniform number per row pick the token by binary search.
+    That is a single pass of transcendentals over the vocabulary and B random numbers, where the
+    Gumbel / exponential trick (what ``torch.multinomial`` does) needs a random number and a log
+    per vocabulary entry.
     """
 
     def __init__(self, params: SamplingParams, generator: torch.Generator | None = None):
         self.params = params
         self.generator = generator
-        self._noise: torch.Tensor | None = None
 
     def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """logits [B, V] (overwritten) -> (tokens [B] long, logprobs [B] float32)."""
@@ -163,13 +165,19 @@ class Sampler:
         logits = logits.float()  # no copy when already float32
         if params.temperature != 1.0:
             logits.div_(params.temperature)
-        log_normaliser = torch.logsumexp(logits, dim=-1)  # [B] of the unfiltered tempered distribution
-        top_k_filter_(logits, params.top_k)
-        top_p_filter_(logits, params.top_p)
-        if self._noise is None or self._noise.shape != logits.shape:
-            self._noise = torch.empty_like(logits)
-        gumbel = self._noise.exponential_(generator=self.generator).clamp_min_(1e-20).log_().neg_()  # [B, V]
-        tokens = gumbel.add_(logits).argmax(dim=-1)  # [B]
+        top = logits.amax(dim=-1, keepdim=True)  # [B, 1]
+        weights = torch.sub(logits, top).exp_()  # [B, V] unnormalised probabilities, the largest 1
+        log_normaliser = weights.sum(dim=-1).log_().add_(top[:, 0])  # [B] of the unfiltered tempered distribution
+        if params.top_k or params.top_p < 1.0:
+            top_k_filter_(logits, params.top_k)
+            top_p_filter_(logits, params.top_p)
+            weights.masked_fill_(torch.isneginf(logits), 0.0)
+        cdf = weights.cumsum_(dim=-1)  # [B, V] non-decreasing, flat over zero-weight tokens
+        total = cdf[:, -1:]  # [B, 1]
+        uniform = torch.rand(total.shape, generator=self.generator, device=total.device)  # [B, 1]
+        # Strictly below the total, so the first entry above it is always a token of positive weight.
+        target = torch.minimum(uniform * total, total.nextafter(torch.zeros_like(total)))  # [B, 1]
+        tokens = torch.searchsorted(cdf, target, right=True)[:, 0]  # [B]
         # The drawn token was never filtered, so its logit is still the tempered one.
         chosen = logits.gather(-1, tokens[:, None]).squeeze(-1)  # [B]
         return tokens, chosen - log_normaliser

@@ -49,11 +49,6 @@ def supports(model) -> bool:
     )
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class LlamaStaticDecoder:
     """``prefill(ids, mask, positions) -> logits [B, V]`` then ``step(tokens, positions, slot) -> logits [B, V]``."""
 
@@ -83,10 +78,13 @@ class LlamaStaticDecoder:
         positions = torch.arange(largest_position + 1, device=self.key_mask.device)[None]  # [1, N]
         probe = self.backbone.embed_tokens.weight[:1]  # dtype and device only
         cos, sin = self.backbone.rotary_emb(probe, positions)  # [1, N, D] each
-        self.cos, self.sin = cos[0], sin[0]
+        half = self.head_dim // 2
+        # rotate_half(x) = cat(-x2, x1) = roll(x, half) * [-1..., +1...]: fold the sign into sin.
+        self.cos, self.sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
 
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return x * cos + _rotate_half(x) * sin
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+        """x * cos + rotate_half(x) * sin, in three ops instead of five."""
+        return torch.addcmul(x * cos, x.roll(self.head_dim // 2, dims=-1), signed_sin)
 
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, start: int, mask: torch.Tensor) -> torch.Tensor:
         """Run S new tokens per row that occupy cache columns [start, start + S).
