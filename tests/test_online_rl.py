@@ -187,6 +187,33 @@ def test_ppo_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     assert [r["kl/coef"] for r in la] == [r["kl/coef"] for r in lb[-len(la) :]]
 
 
+def test_grpo_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+    """The critic-free loop restores policy, optimizer, KL controller and RNG like PPO does."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from tether.trainers.critic_free import GRPOConfig, run_grpo
+
+    def cfg(name):
+        raw = _common(tmp_path, name, 4, prompts_per_step=2, samples_per_prompt=3, epochs=2, minibatch_size=3, lr=1e-3, save_every=2)
+        return from_dict(GRPOConfig, raw)
+
+    full = cfg("full")
+    run_grpo(full, reward_source=LowercaseReward())
+    cut = cfg("cut")
+    with pytest.raises(KeyboardInterrupt):
+        run_grpo(cut, reward_source=LowercaseReward(fail_on_call=3))
+    run_grpo(replace(cut, train=replace(cut.train, resume=True)), reward_source=LowercaseReward())
+    a = load_file(f"{full.train.output_dir}/model/model.safetensors")
+    b = load_file(f"{cut.train.output_dir}/model/model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    la = [json.loads(line)["reward/mean"] for line in open(f"{full.train.output_dir}/metrics.jsonl")]
+    lb = [json.loads(line)["reward/mean"] for line in open(f"{cut.train.output_dir}/metrics.jsonl")]
+    assert la == lb[-len(la) :]
+
+
 def test_saved_policy_loads_with_transformers_and_value_head(tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -115,7 +115,7 @@ def run_critic_free(cfg, kind: CriticFree, reward_source=None, gold_source=None)
         score,
         start_run,
         step_generator,
-        trim_history,
+        resume_or_begin,
     )
 
     spec = CRITIC_FREE[kind]
@@ -133,16 +133,7 @@ def run_critic_free(cfg, kind: CriticFree, reward_source=None, gold_source=None)
     kl_ctl = make_kl_controller(kl_cfg)
     monitors = Monitors(t.monitor_window)
     checkpoints, latest = prepare_output(t.output_dir, t.resume)
-    history: dict[str, list[float]] = {}
-    before = None
-    start_step = 0
-    if latest is not None:
-        start_step, extra = checkpoints.load(latest, run.policy, optimizer, scheduler)
-        kl_ctl.load_state_dict(extra["kl_controller"])
-        monitors.load_state_dict(extra["monitors"])
-        history, before = extra["history"], extra["eval_before"]
-        trim_history(history, start_step)
-        print(f"resumed from {latest} at step {start_step}")
+    start_step, history, before = resume_or_begin(checkpoints, latest, run.policy, optimizer, scheduler, kl_ctl, monitors)
     if start_step == 0:
         before = held_out(run, cfg)
         if before:

@@ -358,6 +358,19 @@ def prepare_output(output_dir: str, resume: bool):
     return checkpoints, (latest if resume else None)
 
 
+def resume_or_begin(checkpoints, latest, modules, optimizer, scheduler, kl_ctl, monitors) -> tuple[int, dict[str, list[float]], dict | None]:
+    """Restore a run from ``latest`` (or start at step 0): (start step, metric history, held-out figures before training)."""
+    if latest is None:
+        return 0, {}, None
+    start_step, extra = checkpoints.load(latest, modules, optimizer, scheduler)
+    kl_ctl.load_state_dict(extra["kl_controller"])
+    monitors.load_state_dict(extra["monitors"])
+    history, before = extra["history"], extra["eval_before"]
+    trim_history(history, start_step)
+    print(f"resumed from {latest} at step {start_step}")
+    return start_step, history, before
+
+
 def build_scheduler(optimizer, total_updates: int, cfg: OnlineTrainConfig):
     from tether.trainers.common import warmup_cosine
 

@@ -151,7 +151,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
         score,
         start_run,
         step_generator,
-        trim_history,
+        resume_or_begin,
     )
 
     started = time.time()
@@ -169,16 +169,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
     kl_ctl = make_kl_controller(cfg.kl)
     monitors = Monitors(t.monitor_window)
     checkpoints, latest = prepare_output(t.output_dir, t.resume)
-    history: dict[str, list[float]] = {}
-    before = None
-    start_step = 0
-    if latest is not None:
-        start_step, extra = checkpoints.load(latest, modules, optimizer, scheduler)
-        kl_ctl.load_state_dict(extra["kl_controller"])
-        monitors.load_state_dict(extra["monitors"])
-        history, before = extra["history"], extra["eval_before"]
-        trim_history(history, start_step)
-        print(f"resumed from {latest} at step {start_step}")
+    start_step, history, before = resume_or_begin(checkpoints, latest, modules, optimizer, scheduler, kl_ctl, monitors)
     if start_step == 0:
         before = held_out(run, cfg)
         if before:
