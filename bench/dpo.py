@@ -8,8 +8,8 @@ max length 512, learning rate, AdamW and β. tether caches its reference log-pro
 pass before training (``dpo.reference=cached``), so TRL precomputes its own too
 (``precompute_ref_log_probs=True``, which also frees it from holding a reference model), and that
 pass counts on both sides. TRL runs at its best on this CPU: bf16 off, gradient checkpointing off
-(its ``padding_free`` is disabled in TRL 1.16, so it pads). tether packs sequences, its DPO default
-(``--pad`` times its padded layout instead).
+(its ``padding_free`` is disabled in TRL 1.16, so it pads). tether runs each pair's prompt once with
+both replies branching off it, its DPO default (``--layout packed`` or ``padded`` times the others).
 
 Each side runs in its own subprocess (so its peak RSS is its own, via getrusage), one at a time,
 alternating within a round and swapping who goes first each round. The data set handed to each
@@ -89,13 +89,14 @@ def _tether_run(args, loss: str, examples) -> dict:
     from tether.trainers.prepare import PreparedData
 
     out = tempfile.mkdtemp(prefix=f"bench-dpo-{loss}-")
-    os.environ["TETHER_CACHE"] = tempfile.mkdtemp(prefix="bench-dpo-cache-")  # cold: the pass really runs
+    model_dir = _model_dir(args)  # before TETHER_CACHE moves: the default model's converted copy lives in the real cache
+    os.environ["TETHER_CACHE"] = tempfile.mkdtemp(prefix="bench-dpo-cache-")  # cold: the reference pass really runs
     cfg = load_config(DPOConfig, None, [
-        f"model.name_or_path={_model_dir(args)}", f"dpo.loss={loss}", f"dpo.beta={BETA}", "dpo.reference=cached",
+        f"model.name_or_path={model_dir}", f"dpo.loss={loss}", f"dpo.beta={BETA}", "dpo.reference=cached",
         f"train.output_dir={out}", f"train.max_steps={args.warmup + args.steps}", f"train.batch_size={args.batch}",
         f"train.micro_batch_size={args.batch}", "train.save_every=0", "train.progress=false", f"train.threads={args.threads}",
         f"train.lr={LR}", f"train.seed={SEED}", "data.eval_fraction=0", f"data.max_length={args.max_length}",
-        f"data.pack={str(not args.pad).lower()}",
+        f"data.pack={str(args.layout == 'packed').lower()}", f"dpo.share_prompt={str(args.layout == 'shared_prompt').lower()}",
     ])
     model, tokenizer = load_trainable_model(cfg.model, cfg.lora, cfg.train.seed)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -196,7 +197,7 @@ def child(args) -> None:
 
 def _child_argv(args) -> list[str]:
     argv = [f"--model={args.model}", f"--steps={args.steps}", f"--warmup={args.warmup}", f"--batch={args.batch}", f"--max-length={args.max_length}", f"--threads={args.threads}"]
-    return argv + ["--pad"] * args.pad + ["--trl-padding-free"] * args.trl_padding_free
+    return argv + [f"--layout={args.layout}"] + ["--trl-padding-free"] * args.trl_padding_free
 
 
 def _run_side(side: str, args) -> dict:
@@ -219,7 +220,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="pairs per optimizer step")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--pad", action="store_true", help="tether side: pad one sequence per row instead of packing (its default)")
+    parser.add_argument("--layout", choices=["shared_prompt", "packed", "padded"], default="shared_prompt", help="tether side: how pairs become rows (shared_prompt is its default)")
     parser.add_argument("--trl-padding-free", action="store_true", help="TRL side: padding_free=True (TRL 1.16 warns and pads anyway)")
     parser.add_argument("--no-variants", action="store_true", help="skip the per-variant table")
     parser.add_argument("--variant-steps", type=int, default=1, help="timed steps per variant")
@@ -229,7 +230,7 @@ def main() -> None:
         return child(args)
     print(f"DPO, SmolLM2-135M-Instruct full fine-tune, fp32 CPU, {args.threads} threads, batch {args.batch} pairs, "
           f"max_length {args.max_length}, {args.warmup} warm-up + {args.steps} timed steps, reference log-probs precomputed "
-          f"on both sides, tether pack={not args.pad}, TRL padding_free={args.trl_padding_free}", flush=True)
+          f"on both sides, tether layout {args.layout}, TRL padding_free={args.trl_padding_free}", flush=True)
     results: dict[str, list[dict]] = {"tether": [], "trl": []}
     print(f"{'round':>5} {'side':<7} {'ref pass s':>10} {'steps s':>8} {'pairs/s':>8} {'peak RSS MB':>12}", flush=True)
     for r in range(args.rounds):

@@ -9,24 +9,28 @@ from tether.models.reward import RewardModel
 
 
 def test_layout_by_hand():
-    """A pair with prompt [5, 6] and completions [7, 8] / [9]: one segment [5, 6, 7, 8, 9] with
-    positions [0, 1, 2, 3, 2] (the rejected reply restarts after the prompt). Token 9 attends to
-    5, 6 and itself, not to the chosen reply's 7, 8. Last tokens: chosen at 3, rejected at 4.
+    """A pair with prompt [5, 6] and completions [7, 8] / [9]: one segment [5 | 6, 7, 8 | 6, 9]
+    (the prompt's last token opens each branch) with positions [0, 1, 2, 3, 1, 2]. The rejected
+    branch attends to 5 and itself, not to the chosen branch. Targets: 6 -> 7, 7 -> 8 (chosen,
+    sequence 0) and 6 -> 9 (rejected, sequence 1). Last tokens: chosen at 3, rejected at 5.
     A second example whose slots have different prompts ([1] + [2], [3] + [4]) is two separate
-    2-token segments. First fit longest first with rows of 5 tokens: row 0 = the pair, row 1 = both
-    2-token segments (positions 0, 1, 0, 1), so its last tokens are at flat 5 + 1 and 5 + 3."""
+    2-token segments. First fit longest first with rows of 6 tokens: row 0 = the pair, row 1 =
+    both 2-token segments (positions 0, 1, 0, 1), so its last tokens are at flat 6 + 1 and 6 + 3."""
     pair = [([5, 6, 7, 8], 2), ([5, 6, 9], 2)]
     unshared = [([1, 2], 1), ([3, 4], 1)]
-    batch = collate_shared_prefix([pair, unshared], pad_id=0, row_tokens=5)
-    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9], [1, 2, 3, 4, 0]]
-    assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 2]
+    batch = collate_shared_prefix([pair, unshared], pad_id=0, row_tokens=6)
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 6, 9], [1, 2, 3, 4, 0, 0]]
+    assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 1, 2]
     assert batch.position_ids[1, :4].tolist() == [0, 1, 0, 1]
-    assert batch.last_index.tolist() == [3, 4, 6, 8]
+    assert batch.last_index.tolist() == [3, 5, 7, 9]
+    assert batch.target_ids[0].tolist() == [0, 7, 8, 0, 9, 0]
+    assert batch.sequence_ids.tolist() == [[-1, 0, 0, -1, 1, -1], [2, -1, 3, -1, -1, -1]]
+    assert batch.loss_tokens_per_sequence().tolist() == [2.0, 1.0, 1.0, 1.0]
     allowed = batch.attention_mask[:, 0] == 0  # [R, T, T]
-    assert allowed[0, 4].tolist() == [True, True, False, False, True]
-    assert allowed[0, 3].tolist() == [True, True, True, True, False]
-    assert allowed[1, 2].tolist() == [False, False, True, False, False]  # a new segment sees only itself
-    assert allowed[1, 4].tolist() == [False, False, False, False, True]  # the pad sees only itself (no NaN row)
+    assert allowed[0, 5].tolist() == [True, False, False, False, True, True]
+    assert allowed[0, 3].tolist() == [True, True, True, True, False, False]
+    assert allowed[1, 2].tolist() == [False, False, True, False, False, False]  # a new segment sees only itself
+    assert allowed[1, 4].tolist() == [False, False, False, False, True, False]  # a pad sees only itself (no NaN row)
 
 
 def test_shared_prompt_rewards_and_gradients_equal_separate_rows():
@@ -61,7 +65,8 @@ def test_reward_objective_loss_is_the_same_in_every_layout():
     """Bradley–Terry with margins and centring, and Plackett–Luce on rankings of 3 and 2 (masked):
     padded, packed and shared-prompt batches give one loss."""
     from tether.trainers.offline import Example
-    from tether.trainers.rm import Layout, RewardLoss, RewardObjective
+    from tether.data.layouts import Layout
+    from tether.trainers.rm import RewardLoss, RewardObjective
 
     torch.manual_seed(0)
     backbone, tokenizer = tiny_model_and_tokenizer(seed=1)

@@ -15,6 +15,7 @@ import torch
 
 from tether.config import DPOConfig, load_config
 from tether.data.batches import collate
+from tether.data.layouts import Layout, collate_layout
 from tether.losses.preference import PREFERENCE_LOSSES, PreferenceLoss, preference_loss
 from tether.trainers.dpo import (
     BUNDLED_DATA,
@@ -86,7 +87,8 @@ def _tiny(seed=0):
 
 
 def _random_examples(n, k, seed=0, vocab=200, label=False):
-    """n examples of k random sequences of different lengths and prompt lengths."""
+    """n examples of k random sequences of different lengths and prompt lengths. In even-numbered
+    examples the k sequences share their prompt (as real pairs do), in odd ones they do not."""
     g = torch.Generator().manual_seed(seed)
     examples = []
     for i in range(n):
@@ -95,6 +97,9 @@ def _random_examples(n, k, seed=0, vocab=200, label=False):
             length = int(torch.randint(6, 20, (1,), generator=g))
             plen = int(torch.randint(1, length - 2, (1,), generator=g))
             seqs.append((torch.randint(3, vocab, (length,), generator=g).tolist(), plen))
+        if i % 2 == 0:
+            prompt = seqs[0][0][: seqs[0][1]]
+            seqs = [(prompt + ids[plen:], len(prompt)) for ids, plen in seqs]
         examples.append(Example(seqs, {"label": bool(i % 2)} if label else {}))
     return examples
 
@@ -107,9 +112,9 @@ def _with_cached_reference(examples, seed=1):
     return examples
 
 
-def _objective(kind, pad_id, pack, reference=None):
+def _objective(kind, pad_id, layout, reference=None):
     cfg = load_config(DPOConfig, None, ["dpo.label_smoothing=0.1"]).dpo
-    return PreferenceObjective(kind, loss_kwargs(cfg), reference, pad_id, pack, row_tokens=64, chunk_size=16)
+    return PreferenceObjective(kind, loss_kwargs(cfg), reference, pad_id, layout, row_tokens=64, chunk_size=16)
 
 
 def _grads(model):
@@ -119,40 +124,49 @@ def _grads(model):
 # --------------------------------------------------------------------------- optimised vs plain
 
 
-def test_padded_and_packed_batches_give_same_logps_losses_and_gradients():
+def test_padded_packed_and_shared_prompt_batches_give_same_logps_losses_and_gradients():
     """Per-sequence log-probs, per-example DPO losses and every parameter gradient agree between
-    one-sequence-per-row padding and packing several sequences per row (float32 tolerance)."""
+    one-sequence-per-row padding, packing several sequences per row, and running each pair's
+    shared prompt once (float32 tolerance)."""
     model, tok = _tiny()
     examples = _with_cached_reference(_random_examples(5, 2))
     ref = torch.tensor([e.extra["ref_logps"] for e in examples])  # [5, 2]
     out = {}
-    for pack in (False, True):
-        batch = collate([e.sequences for e in examples], tok.pad_token_id, pack, row_tokens=64)
-        if pack:
+    for layout in Layout:
+        batch = collate_layout(layout, [e.sequences for e in examples], tok.pad_token_id, row_tokens=64)
+        if layout is Layout.PACKED:
             assert batch.input_ids.shape[0] < 10 and batch.attention_mask is None  # really packed
+        if layout is Layout.SHARED_PROMPT:  # 3 of the 5 pairs share their prompt: fewer tokens than packing
+            real_tokens = int((batch.input_ids != tok.pad_token_id).sum())  # the random ids never equal the pad id
+            assert real_tokens < sum(len(ids) for e in examples for ids, _ in e.sequences)
         model.zero_grad()
         logps = sequence_logps(model, batch, chunk_size=16).view(5, 2)  # [N, 2]
         losses, _ = preference_loss("dpo", policy_chosen=logps[:, 0], policy_rejected=logps[:, 1], ref_chosen=ref[:, 0], ref_rejected=ref[:, 1], beta=0.5)
         losses.sum().backward()
-        out[pack] = (logps.detach(), losses.detach(), _grads(model))
-    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-5, atol=1e-5)
-    assert out[True][2].keys() == out[False][2].keys() and len(out[True][2]) > 0
-    for name, g in out[False][2].items():
-        torch.testing.assert_close(out[True][2][name], g, rtol=1e-4, atol=1e-5, msg=name)
+        out[layout] = (logps.detach(), losses.detach(), _grads(model))
+    plain = out[Layout.PADDED]
+    assert len(plain[2]) > 0
+    for layout in (Layout.PACKED, Layout.SHARED_PROMPT):
+        logps, losses, grads = out[layout]
+        torch.testing.assert_close(logps, plain[0], rtol=1e-5, atol=1e-4, msg=str(layout))
+        torch.testing.assert_close(losses, plain[1], rtol=1e-5, atol=1e-5, msg=str(layout))
+        assert grads.keys() == plain[2].keys()
+        for name, g in plain[2].items():
+            torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-5, msg=f"{layout} {name}")
 
 
 @pytest.mark.parametrize("kind", ["dpo", "ipo", "simpo", "orpo", "rpo", "listwise"])
 def test_objective_packed_equals_padded_and_accumulation_equals_full_batch(kind):
-    """The objective's summed loss and gradient: packed == padded; and the loop's accumulation
+    """The objective's summed loss and gradient: packed == shared prompt == padded; and the loop's accumulation
     Σ_mb (loss_sum(mb) / N) over micro-batches == loss_sum(all) / N for one full batch."""
     model, tok = _tiny()
     k = 3 if PreferenceLoss(kind).data == "ranking" else 2
     examples = _with_cached_reference(_random_examples(6, k, seed=4))
     reference = ReferencePolicy("cached", model, 16) if PreferenceLoss(kind).needs_reference else None
     results = {}
-    for name, pack, micro in (("full", False, 6), ("packed", True, 6), ("accumulated", False, 2)):
-        obj = _objective(kind, tok.pad_token_id, pack, reference)
+    runs = (("full", Layout.PADDED, 6), ("packed", Layout.PACKED, 6), ("shared", Layout.SHARED_PROMPT, 6), ("accumulated", Layout.PADDED, 2))
+    for name, layout, micro in runs:
+        obj = _objective(kind, tok.pad_token_id, layout, reference)
         model.zero_grad()
         total = 0.0
         metric_sums = {}
@@ -166,7 +180,7 @@ def test_objective_packed_equals_padded_and_accumulation_equals_full_batch(kind)
         results[name] = (total, metric_sums, _grads(model))
     full_loss, full_metrics, full_grads = results["full"]
     assert math.isfinite(full_loss)
-    for name in ("packed", "accumulated"):
+    for name in ("packed", "shared", "accumulated"):
         loss, metrics, grads = results[name]
         assert abs(loss - full_loss) < 1e-5, (name, loss, full_loss)
         for m in ("rewards/chosen", "rewards/rejected", "logps/chosen"):
@@ -190,7 +204,7 @@ def test_metrics_practitioners_watch():
     for delta in (0.0, 0.25):
         for i, e in enumerate(examples):
             e.extra["ref_logps"] = [logps[2 * i + j] - delta * lengths[2 * i + j] for j in range(2)]
-        obj = _objective("dpo", tok.pad_token_id, False, ReferencePolicy("cached", model, 16))
+        obj = _objective("dpo", tok.pad_token_id, Layout.PADDED, ReferencePolicy("cached", model, 16))
         _, sums = obj.loss(model, examples)
         means = {m: float(v) / 4 for m, v in sums.items()}
         for m in ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected", "kl"):
@@ -217,7 +231,7 @@ def test_kto_mismatched_completions_and_reference_point():
 
     model, tok = _tiny()
     _with_cached_reference(examples)
-    obj = _objective("kto", tok.pad_token_id, False, ReferencePolicy("cached", model, 16))
+    obj = _objective("kto", tok.pad_token_id, Layout.SHARED_PROMPT, ReferencePolicy("cached", model, 16))
     _, sums = obj.loss(model, examples)
     batch = collate([e.sequences for e in examples], tok.pad_token_id)
     with torch.no_grad():

@@ -302,6 +302,7 @@ class PreferenceConfig:
     rpo_alpha: float = opt(1.0, "RPO weight of the chosen-side NLL term.")
     kto_desirable_weight: float = opt(1.0, "KTO weight of desirable (label true) examples.")
     kto_undesirable_weight: float = opt(1.0, "KTO weight of undesirable (label false) examples.")
+    share_prompt: bool = opt(True, "Run each pair's or ranking's prompt through the model once, its completions branching off it (exact: same log-probabilities as separate sequences, fewer tokens, no padding). false: data.pack decides between padded and packed rows.")
     reference: Literal["auto", "copy", "adapter", "cached"] = opt("auto", "Reference log-probabilities: a frozen copy, the base model with LoRA adapters off, or a first pass cached on disk (no reference model held during training). auto: adapter with LoRA, cached otherwise.")
 
 

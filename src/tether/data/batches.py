@@ -45,7 +45,7 @@ class TokenBatch:
             f.name: (getattr(self, f.name).to(device) if isinstance(getattr(self, f.name), torch.Tensor) else getattr(self, f.name))
             for f in fields(self)
         }
-        return TokenBatch(**moved)
+        return type(self)(**moved)
 
     def per_sequence(self, token_values: torch.Tensor) -> torch.Tensor:
         """Sum ``token_values`` [R, T] over each sequence's loss tokens -> [N]."""

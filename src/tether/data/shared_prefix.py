@@ -2,9 +2,12 @@
 
 Every completion of a preference pair or a ranking continues the same prompt. Under causal
 attention the prompt's hidden states do not depend on what follows it, so instead of K rows
-``[prompt, completion_k]`` we run one segment ``[prompt, completion_1, ..., completion_K]`` in
-which completion k's tokens take positions p, p+1, ... (as if it followed the prompt alone) and
-attend only to the prompt and to their own earlier tokens. Every hidden state equals the one
+``[prompt, completion_k]`` we run one segment ``[prompt[:-1], branch_1, ..., branch_K]``, where
+branch k is the prompt's last token followed by completion k. Branch k's tokens take positions
+p-1, p, ... (as if it followed the prompt alone) and attend only to the shared part and to their
+own earlier tokens. The prompt's last token is repeated in every branch because its position
+predicts the completion's first token, a different target in each branch; with it, every
+position predicts one token and the batch is a ``TokenBatch`` like any other. Every hidden state equals the one
 the separate sequence would give, but the prompt (on the bundled preferences, 60% of each
 sequence, most of it the chat template's system turn) is computed once instead of K times.
 
@@ -20,58 +23,76 @@ from dataclasses import dataclass
 
 import torch
 
+from tether.data.batches import TokenBatch
+
 
 @dataclass
-class SharedPrefixBatch:
-    input_ids: torch.Tensor  # [R, T] long
-    position_ids: torch.Tensor  # [R, T] long; completion k of a segment restarts at the prompt length
-    attention_mask: torch.Tensor  # [R, 1, T, T] float: 0 where query t may attend key s, dtype min elsewhere
+class SharedPrefixBatch(TokenBatch):
+    """A ``TokenBatch`` whose ``attention_mask`` is [R, 1, T, T] (0 where query t may attend key s,
+    the dtype's minimum elsewhere) and whose ``position_ids`` restart at the prompt length for every
+    completion of a segment. ``target_ids``, ``loss_mask`` and ``sequence_ids`` mean what they mean
+    in any TokenBatch, so per-token log-probabilities and per-sequence sums work unchanged."""
+
     last_index: torch.Tensor  # [N] long: flat index (row * T + t) of each sequence's last token, example-major
-    num_sequences: int  # N
-
-    def to(self, device) -> SharedPrefixBatch:
-        return SharedPrefixBatch(
-            self.input_ids.to(device), self.position_ids.to(device), self.attention_mask.to(device), self.last_index.to(device), self.num_sequences
-        )
 
 
-def _segments(example: list[tuple[list[int], int]]):
-    """One example's slots -> segments of (ids, positions, branch ids, last offset of each slot in it).
+@dataclass
+class _Segment:
+    ids: list[int]
+    positions: list[int]
+    branches: list[int]  # 0: the shared prompt; k + 1: completion k
+    targets: list[int]  # token predicted at each position (0 where none)
+    owners: list[int]  # slot (within the example) whose completion token position t predicts, -1 if none
+    lasts: list[tuple[int, int]]  # (slot, offset of that slot's last token)
 
-    Branch 0 is the shared prompt; branch k + 1 is completion k.
-    """
+
+def _segments(example: list[tuple[list[int], int]]) -> list[_Segment]:
+    """One example's slots -> its segments: one shared segment, or one per slot if prompts differ."""
     prompt_len = example[0][1]
     prompt = example[0][0][:prompt_len]
     shared = prompt_len > 0 and all(plen == prompt_len and ids[:plen] == prompt for ids, plen in example)
     if not shared:
-        return [(list(ids), list(range(len(ids))), [1] * len(ids), [len(ids) - 1]) for ids, _ in example]
-    ids, positions, branches, lasts = list(prompt), list(range(prompt_len)), [0] * prompt_len, []
-    for k, (seq, _) in enumerate(example):
-        completion = seq[prompt_len:]
-        ids += completion
-        positions += range(prompt_len, prompt_len + len(completion))
-        branches += [k + 1] * len(completion)
-        lasts.append(len(ids) - 1 if completion else prompt_len - 1)  # an empty completion is scored at the prompt's end
-    return [(ids, positions, branches, lasts)]
+        out = []
+        for k, (ids, plen) in enumerate(example):
+            n = len(ids)
+            trained = range(max(plen - 1, 0), n - 1)  # positions whose next token is a completion token
+            targets = [ids[t + 1] if t in trained else 0 for t in range(n)]
+            owners = [k if t in trained else -1 for t in range(n)]
+            out.append(_Segment(list(ids), list(range(n)), [1] * n, targets, owners, [(k, n - 1)]))
+        return out
+    # The prompt's last token opens every branch (a copy each): its position predicts the
+    # completion's first token, and that prediction differs per completion.
+    head = prompt_len - 1
+    seg = _Segment(list(prompt[:head]), list(range(head)), [0] * head, [0] * head, [-1] * head, [])
+    for k, (ids, _) in enumerate(example):
+        branch = [prompt[-1]] + list(ids[prompt_len:])  # [1 + completion length]
+        seg.ids += branch
+        seg.positions += range(head, head + len(branch))
+        seg.branches += [k + 1] * len(branch)
+        seg.targets += branch[1:] + [0]
+        seg.owners += [k] * (len(branch) - 1) + [-1]
+        seg.lasts.append((k, len(seg.ids) - 1))  # an empty completion is scored at (its copy of) the prompt's end
+    return [seg]
 
 
 def collate_shared_prefix(examples: list[list[tuple[list[int], int]]], pad_id: int, row_tokens: int = 512, dtype: torch.dtype = torch.float32) -> SharedPrefixBatch:
     """Examples (each a list of (input_ids, prompt_len) slots sharing one prompt) -> SharedPrefixBatch.
 
-    ``last_index`` lists the slots example-major (slot k of example i is sequence ``sum of earlier
-    slot counts + k``), as ``tether.data.batches.collate`` orders its sequences.
+    Sequences are numbered example-major (slot k of example i is sequence ``sum of earlier slot
+    counts + k``), as ``tether.data.batches.collate`` numbers them. Rows hold at most
+    ``row_tokens`` tokens unless a single segment is longer.
     """
-    segments = []  # (ids, positions, branches, [(sequence number, offset)])
+    segments: list[tuple[_Segment, int]] = []  # (segment, number of the example's first sequence)
     seq = 0
     for example in examples:
-        for ids, positions, branches, lasts in _segments(example):
-            segments.append((ids, positions, branches, [(seq + j, off) for j, off in enumerate(lasts)]))
-            seq += len(lasts)
+        for s in _segments(example):
+            segments.append((s, seq))
+        seq += len(example)
     # First fit, longest first: few rows and little padding; attention costs T^2 per row, so rows stay near row_tokens.
     rows: list[list[int]] = []
     fill: list[int] = []
-    for s in sorted(range(len(segments)), key=lambda s: -len(segments[s][0])):
-        n = len(segments[s][0])
+    for s in sorted(range(len(segments)), key=lambda s: -len(segments[s][0].ids)):
+        n = len(segments[s][0].ids)
         target = next((r for r in range(len(rows)) if fill[r] + n <= row_tokens), None)
         if target is None:
             rows.append([])
@@ -83,27 +104,36 @@ def collate_shared_prefix(examples: list[list[tuple[list[int], int]]], pad_id: i
     r_count = len(rows)
     input_ids = torch.full((r_count, width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((r_count, width), dtype=torch.long)
+    target_ids = torch.zeros((r_count, width), dtype=torch.long)
+    sequence_ids = torch.full((r_count, width), -1, dtype=torch.long)
     segment_of = torch.arange(width).neg().sub(1).repeat(r_count, 1)  # [R, T]; a pad is its own segment (-t-1)
     branch_of = torch.zeros((r_count, width), dtype=torch.long)
     last_index = torch.zeros(seq, dtype=torch.long)
     for r, members in enumerate(rows):
         at = 0
         for s in members:
-            ids, positions, branches, lasts = segments[s]
-            n = len(ids)
-            input_ids[r, at : at + n] = torch.tensor(ids)
-            position_ids[r, at : at + n] = torch.tensor(positions)
-            segment_of[r, at : at + n] = s
-            branch_of[r, at : at + n] = torch.tensor(branches)
-            for number, offset in lasts:
-                last_index[number] = r * width + at + offset
+            segment, first_seq = segments[s]
+            n = len(segment.ids)
+            span = slice(at, at + n)
+            input_ids[r, span] = torch.tensor(segment.ids)
+            position_ids[r, span] = torch.tensor(segment.positions)
+            target_ids[r, span] = torch.tensor(segment.targets)
+            owners = torch.tensor(segment.owners)
+            sequence_ids[r, span] = torch.where(owners >= 0, owners + first_seq, owners)
+            segment_of[r, span] = s
+            branch_of[r, span] = torch.tensor(segment.branches)
+            for k, offset in segment.lasts:
+                last_index[first_seq + k] = r * width + at + offset
             at += n
     query_seg, key_seg = segment_of.unsqueeze(2), segment_of.unsqueeze(1)  # [R, T, 1], [R, 1, T]
     query_branch, key_branch = branch_of.unsqueeze(2), branch_of.unsqueeze(1)
     causal = torch.ones(width, width, dtype=torch.bool).tril()  # [T, T], key s <= query t
     allowed = (query_seg == key_seg) & causal & ((key_branch == 0) | (key_branch == query_branch))  # [R, T, T]
     mask = torch.zeros((r_count, 1, width, width), dtype=dtype).masked_fill(~allowed.unsqueeze(1), torch.finfo(dtype).min)
-    return SharedPrefixBatch(input_ids, position_ids, mask, last_index, seq)
+    return SharedPrefixBatch(
+        input_ids=input_ids, position_ids=position_ids, attention_mask=mask, target_ids=target_ids,
+        loss_mask=sequence_ids >= 0, sequence_ids=sequence_ids, num_sequences=seq, last_index=last_index,
+    )
 
 
 __all__ = ["SharedPrefixBatch", "collate_shared_prefix"]

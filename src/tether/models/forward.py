@@ -52,9 +52,12 @@ def forward_hidden(model, input_ids, position_ids=None, attention_mask=None) -> 
     """Last hidden state [R, T, H] of the backbone (after the final norm), no KV cache.
 
     ``attention_mask=None`` with ``position_ids`` restarting at 0 is the packed layout:
-    transformers builds the block-diagonal causal mask from the position ids.
+    transformers builds the block-diagonal causal mask from the position ids. A floating-point
+    [R, 1, T, T] mask (the shared-prompt layout) is additive and used as given.
     """
     backbone, _ = backbone_and_head(model)
+    if attention_mask is not None and attention_mask.is_floating_point():  # a 4-D additive mask must match the activations' dtype
+        attention_mask = attention_mask.to(backbone.dtype)
     out = backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False)
     return out.last_hidden_state  # [R, T, H]
 

@@ -119,10 +119,7 @@ class RewardModel(nn.Module):
 
     def forward(self, batch) -> torch.Tensor:
         """Rewards of every sequence of a TokenBatch (padded or packed) or a SharedPrefixBatch -> [N, O]."""
-        mask = batch.attention_mask
-        if mask is not None and mask.is_floating_point():  # a 4-D additive mask must match the activations' dtype
-            mask = mask.to(self.backbone.dtype)
-        hidden = self._hidden(batch.input_ids, batch.position_ids, mask)  # [R, T, H]
+        hidden = self._hidden(batch.input_ids, batch.position_ids, batch.attention_mask)  # [R, T, H]
         last = last_token_index(batch).to(hidden.device)  # [N]
         h_last = hidden.reshape(-1, hidden.shape[-1])[last]  # [N, H]
         return self.head(h_last.to(self.head.weight.dtype))  # [N, O]

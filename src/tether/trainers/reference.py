@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from tether.data.batches import TokenBatch, collate
+from tether.data.batches import TokenBatch
+from tether.data.layouts import Layout, collate_layout
 from tether.trainers.offline import Example
 
 REFERENCE_MODES = ("auto", "copy", "adapter", "cached")
@@ -53,7 +54,7 @@ def cache_root() -> Path:
 
 @torch.no_grad()
 def compute_reference_logps(
-    model: torch.nn.Module, examples: list[Example], pad_id: int, pack: bool, row_tokens: int, chunk_size: int, micro_batch_size: int, progress: Callable[[int], None] | None = None
+    model: torch.nn.Module, examples: list[Example], pad_id: int, layout: Layout, row_tokens: int, chunk_size: int, micro_batch_size: int, progress: Callable[[int], None] | None = None
 ) -> list[list[float]]:
     """Reference log-probability of every slot of every example, in example order."""
     was_training = model.training
@@ -61,7 +62,7 @@ def compute_reference_logps(
     out: list[list[float]] = []
     for start in range(0, len(examples), micro_batch_size):
         chunk = examples[start : start + micro_batch_size]
-        batch = collate([e.sequences for e in chunk], pad_id, pack, row_tokens)
+        batch = collate_layout(layout, [e.sequences for e in chunk], pad_id, row_tokens)
         logps = sequence_logps(model, batch, chunk_size).tolist()
         k = 0
         for e in chunk:
@@ -73,7 +74,7 @@ def compute_reference_logps(
     return out
 
 
-def attach_cached_reference(model, examples_by_split: dict[str, list[Example]], pad_id: int, pack: bool, row_tokens: int, chunk_size: int, micro_batch_size: int) -> Path:
+def attach_cached_reference(model, examples_by_split: dict[str, list[Example]], pad_id: int, layout: Layout, row_tokens: int, chunk_size: int, micro_batch_size: int) -> Path:
     """Fill ``example.extra['ref_logps']`` for every example, from the disk cache or one pass now.
 
     Must be called before training changes the weights: the current model *is* the reference.
@@ -90,7 +91,7 @@ def attach_cached_reference(model, examples_by_split: dict[str, list[Example]], 
 
         with Progress() as bar:
             task = bar.add_task("reference pass", total=len(everything))
-            values = compute_reference_logps(model, everything, pad_id, pack, row_tokens, chunk_size, micro_batch_size, lambda n: bar.advance(task, n))
+            values = compute_reference_logps(model, everything, pad_id, layout, row_tokens, chunk_size, micro_batch_size, lambda n: bar.advance(task, n))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(values, tmp)

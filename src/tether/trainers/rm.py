@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from tether.config import DataConfig, LoRAConfig, ModelConfig, TrainConfig, opt, save_yaml
+from tether.data.layouts import Layout, collate_layout, resolve_layout
 from tether.trainers.offline import Example
 
 
@@ -79,36 +80,6 @@ def resolve_loss(name: str, examples: list[Example]) -> RewardLoss:
     return loss
 
 
-class Layout(enum.Enum):
-    PADDED = "padded"  # one row per sequence
-    PACKED = "packed"  # several sequences per row, no padding
-    SHARED_PROMPT = "shared_prompt"  # one segment per example: the prompt once, its completions branching off
-
-
-def _collate_rows(examples, pad_id, row_tokens, pack):
-    from tether.data.batches import collate
-
-    return collate([e.sequences for e in examples], pad_id, pack, row_tokens)
-
-
-def _collate_shared(examples, pad_id, row_tokens):
-    from tether.data.shared_prefix import collate_shared_prefix
-
-    return collate_shared_prefix([e.sequences for e in examples], pad_id, row_tokens)
-
-
-# Each layout: (examples, pad_id, row_tokens) -> a batch that RewardModel.forward scores, sequences example-major.
-COLLATORS = {
-    Layout.PADDED: lambda examples, pad_id, row_tokens: _collate_rows(examples, pad_id, row_tokens, False),
-    Layout.PACKED: lambda examples, pad_id, row_tokens: _collate_rows(examples, pad_id, row_tokens, True),
-    Layout.SHARED_PROMPT: _collate_shared,
-}
-
-
-def resolve_layout(share_prompt: bool, pack: bool) -> Layout:
-    return Layout.SHARED_PROMPT if share_prompt else (Layout.PACKED if pack else Layout.PADDED)
-
-
 @dataclass
 class RewardObjective:
     """Loss per example (pair or ranking); the loop averages over examples."""
@@ -126,7 +97,7 @@ class RewardObjective:
     def loss(self, model, examples: list[Example]):
         import torch
 
-        batch = COLLATORS[self.layout](examples, self.pad_id, self.row_tokens)
+        batch = collate_layout(self.layout, [e.sequences for e in examples], self.pad_id, self.row_tokens)
         rewards = model(batch)  # [S, O], S = sum of the examples' slot counts
         sizes = [len(e.sequences) for e in examples]
         n, k = len(examples), max(sizes)
