@@ -20,7 +20,7 @@ How the settings were matched (TRL 1.16 ``GRPOConfig`` field = tether ``GRPOConf
   forward pass: TRL takes the current log-probs detached (its generation and optimisation
   steps are aligned), tether the sampling log-probs of the rollout;
 * completion length: ``max_completion_length=N`` plus ``generation_kwargs={"min_new_tokens": N}``
-  = ``sampling.max_new_tokens=N`` with the engine's ``stop_at_eos=False``, so every completion
+  = ``sampling.max_new_tokens=N`` with ``sampling.stop_at_eos=false``, so every completion
   on both sides is exactly N tokens (checked: tether's logged mean lengths, TRL's
   ``completion_ids`` as its reward function receives them);
 * sampling: temperature 1, top_p 1, top_k 0 on both;
@@ -29,7 +29,7 @@ How the settings were matched (TRL 1.16 ``GRPOConfig`` field = tether ``GRPOConf
   here is the one batch) = ``grpo.beta=β, grpo.clip_eps=0.2, kl.estimator=k3``; advantages
   standardised within the group: ``scale_rewards="group"`` = ``grpo.normalize_std=true``;
 * reference: TRL builds a second copy of the model from the policy's config path when β > 0;
-  tether ``kl.reference=copy`` deep-copies the loaded policy;
+  tether ``kl.reference=copy`` deep-copies the loaded policy (at β = 0 neither side has one);
 * optimiser: AdamW, same lr, weight decay 0, grad-norm clip 1.0, constant schedule, no warm-up;
 * TRL at its fastest on this CPU: ``use_cpu=True``, ``bf16=False``, gradient checkpointing off,
   no logging/saving/eval inside the run (``report_to=[]``), no vLLM (transformers generate);
@@ -83,7 +83,6 @@ def run_tether(args) -> dict:
     import contextlib
     import io
 
-    import tether.trainers.online as online
     from tether.config import load_config
     from tether.trainers.critic_free import GRPOConfig, run_grpo
 
@@ -92,16 +91,13 @@ def run_tether(args) -> dict:
         f"model.name_or_path={args.model}", "lora.enabled=false", "kl.reference=copy", "kl.estimator=k3",
         f"grpo.beta={args.beta}", f"grpo.clip_eps={CLIP_EPS}", "grpo.normalize_std=true",
         "data.path=bundled:review_prompts", "data.eval_prompts=0", "reward.source=vader",
-        f"sampling.max_new_tokens={args.new_tokens}", "sampling.temperature=1.0", "sampling.top_p=1.0", "sampling.top_k=0",
+        # Every completion runs the full length, as TRL's min_new_tokens does.
+        f"sampling.max_new_tokens={args.new_tokens}", "sampling.stop_at_eos=false", "sampling.temperature=1.0", "sampling.top_p=1.0", "sampling.top_k=0",
         f"train.output_dir={out}", f"train.steps={args.warmup + args.steps}", f"train.prompts_per_step={args.prompts}",
         f"train.samples_per_prompt={args.group}", "train.epochs=1", "train.minibatch_size=0", f"train.lr={LR}",
         "train.weight_decay=0", "train.max_grad_norm=1.0", "train.min_lr_ratio=1.0", "train.warmup_ratio=0",
         "train.save_every=0", "train.progress=false", f"train.threads={args.threads}", f"train.seed={SEED}",
     ])
-    # Every completion runs the full length, as TRL's min_new_tokens does: the trainer's sampling
-    # settings have no such switch (yet), so the engine's own is turned on here.
-    make_params = online.sampling_params
-    online.sampling_params = lambda sampling: _full_length(make_params(sampling))
     with contextlib.redirect_stdout(io.StringIO()):
         run_grpo(cfg)
     rows = [r for r in map(json.loads, open(Path(out) / "metrics.jsonl")) if r.get("split", "train") == "train"]
@@ -114,12 +110,6 @@ def run_tether(args) -> dict:
     split["other"] = seconds / args.steps - sum(split.values())
     return {"samples": args.steps * args.prompts * args.group, "seconds": seconds, "split": split,
             "reward": statistics.mean(r["reward/mean"] for r in rows)}
-
-
-def _full_length(params):
-    from dataclasses import replace
-
-    return replace(params, stop_at_eos=False)
 
 
 def run_trl(args) -> dict:

@@ -105,6 +105,38 @@ def test_response_logprobs_match_the_sampler(temperature):
     torch.testing.assert_close(lp_sub, lp[[2, 0]], atol=1e-5, rtol=1e-5)
 
 
+def test_shared_prompt_response_batch_equals_padded_rows():
+    """Groups of responses to one prompt (and a minibatch that splits and reorders them): the
+    shared-prompt layout gives the sampler's log-probs, the padded rows' hidden states and the
+    same parameter gradients, with fewer tokens through the model."""
+    from tether.models import tiny_model_and_tokenizer
+    from tether.rollout.engine import SamplingParams, encode_prompts, generate, pad_token_id
+    from tether.trainers.online import ResponseBatch, response_hidden, response_logprobs
+
+    model, tok = tiny_model_and_tokenizer()
+    ids = encode_prompts(tok, ["hi", "a much longer prompt than the first one", "mid length"])
+    group = 3
+    rollout = generate(model, tok, [p for p in ids for _ in range(group)], SamplingParams(max_new_tokens=6), torch.Generator().manual_seed(5))
+    for rows in (None, torch.tensor([7, 0, 4, 1, 8])):
+        results = {}
+        for share in (False, True):
+            batch = ResponseBatch.from_rollout(rollout, pad_token_id(tok), rows, share_prompt=share)
+            model.zero_grad()
+            hidden = response_hidden(model, batch)  # [B, Tr, H]
+            lp, _ = response_logprobs(model, hidden, batch, 1.0, chunk_size=8)
+            (lp * torch.linspace(0.5, 1.5, lp.numel()).view_as(lp)).sum().backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            results[share] = (batch, hidden.detach(), lp.detach(), grads)
+        (padded, h_pad, lp_pad, g_pad), (shared, h_sh, lp_sh, g_sh) = results[False], results[True]
+        expected = rollout.logprobs if rows is None else rollout.logprobs[rows]
+        torch.testing.assert_close(lp_sh, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(h_sh[shared.mask], h_pad[padded.mask], atol=1e-5, rtol=1e-5)
+        for name, g in g_pad.items():
+            torch.testing.assert_close(g_sh[name], g, atol=1e-5, rtol=1e-4, msg=name)
+        real = lambda b: int((b.input_ids != pad_token_id(tok)).sum())  # noqa: E731
+        assert real(shared) < real(padded)
+
+
 def test_entropy_surrogate_gradient_matches_exact_entropy_gradient():
     """E_y~π[∇(−sg(log π(y))·log π(y))] = ∇H(π): checked exactly by summing over y with weights π(y)."""
     from tether.trainers.online import entropy_surrogate

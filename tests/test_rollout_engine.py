@@ -75,7 +75,7 @@ def test_static_decoder_matches_fallback(pair):
 
 
 def test_static_decoder_with_lora_matches_fallback(pair):
-    """LoRA-wrapped projections are called as modules, so a PEFT policy takes the fast path too."""
+    """LoRA-wrapped projections fold their adapters into the stacked weights, so a PEFT policy takes the fast path too."""
     model, tokenizer = tiny_model_and_tokenizer(seed=1)
     peft_model = apply_lora(model, r=4, alpha=8, dropout=0.0)
     with torch.no_grad():  # non-zero B so the adapters change the outputs

@@ -5,6 +5,7 @@ Importing this subpackage imports torch; transformers and peft load when a funct
 """
 
 from tether.models.forward import backbone_and_head, forward_hidden, forward_token_logprobs, unwrap_peft
+from tether.models.lean import apply_lean_activations
 from tether.models.loading import ModelLoadError, cache_root, default_gguf_path, default_model_dir, load_model
 from tether.models.lora import apply_lora, disabled_adapter, is_peft_model, merge_and_unload, merged_copy
 from tether.models.saving import save_model
@@ -12,6 +13,7 @@ from tether.models.tiny import tiny_model, tiny_model_and_tokenizer, tiny_tokeni
 
 __all__ = [
     "ModelLoadError",
+    "apply_lean_activations",
     "apply_lora",
     "backbone_and_head",
     "cache_root",

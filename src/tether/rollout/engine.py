@@ -18,6 +18,13 @@ Log-probs: the reported log-prob of a token is under ``softmax(logits / temperat
 full vocabulary, *before* top-k / top-p filtering. That is the quantity the training forward pass
 (``tether.models.forward_token_logprobs(model, batch, temperature)``) recomputes, so the ratio
 of new to old policy starts at exactly 1. Filtering only decides which tokens can be drawn.
+
+``min_new_tokens`` is different: it changes the distribution itself. Before a row has generated
+that many tokens its stop tokens cannot be drawn, and the reported log-prob is under the
+distribution renormalised over the other tokens, log π(y) − log(1 − Σ_eos π(eos)). The rollout
+records which tokens were excluded where (``Rollout.banned_ids``, ``banned_until``) so a
+training forward can apply the same renormalisation (``tether.trainers.online.response_logprobs``
+does); ``forward_token_logprobs`` does not, and agrees with the engine only when nothing was banned.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ class SamplingParams:
     top_p: float = 1.0  # nucleus; 1.0 = off
     top_k: int = 0  # 0 = off
     stop_at_eos: bool = True  # a row stops after emitting an eos token (see stop_token_ids)
+    min_new_tokens: int = 0  # with stop_at_eos: stop tokens cannot be drawn before this many tokens (renormalised, see above)
 
     def __post_init__(self):
         if self.temperature <= 0:
@@ -46,6 +54,8 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.min_new_tokens < 0:
+            raise ValueError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
 
 
 @dataclass
@@ -56,6 +66,10 @@ class Rollout:
     logprobs: torch.Tensor  # [B, Tr] float, log-prob under softmax(logits / temperature), full vocab; 0 off the mask
     texts: list[str]  # decoded responses, special tokens skipped
     finished: torch.Tensor  # [B] bool, True if the row stopped at eos (False: hit max_new_tokens)
+    # Tokens excluded from the distribution at response columns < banned_until (min_new_tokens):
+    # there ``logprobs`` are renormalised over the other tokens.
+    banned_ids: tuple[int, ...] = ()
+    banned_until: int = 0
 
     def response_lengths(self) -> torch.Tensor:
         return self.response_mask.sum(dim=1)  # [B]
@@ -159,15 +173,22 @@ class Sampler:
         self.params = params
         self.generator = generator
 
-    def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """logits [B, V] (overwritten) -> (tokens [B] long, logprobs [B] float32)."""
+    def __call__(self, logits: torch.Tensor, banned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits [B, V] (overwritten) -> (tokens [B] long, logprobs [B] float32).
+
+        ``banned`` [k] long: token ids removed from the distribution (weight 0, and left out of
+        the normaliser, so the log-prob is of the distribution actually sampled from before top-k/top-p).
+        """
         params = self.params
         logits = logits.float()  # no copy when already float32
         if params.temperature != 1.0:
             logits.div_(params.temperature)
         top = logits.amax(dim=-1, keepdim=True)  # [B, 1]
         weights = torch.sub(logits, top).exp_()  # [B, V] unnormalised probabilities, the largest 1
-        log_normaliser = weights.sum(dim=-1).log_().add_(top[:, 0])  # [B] of the unfiltered tempered distribution
+        if banned is not None and banned.numel():
+            weights[:, banned] = 0.0
+            logits[:, banned] = float("-inf")  # top-k / top-p then choose among the other tokens
+        log_normaliser = weights.sum(dim=-1).log_().add_(top[:, 0])  # [B] of the tempered distribution before top-k / top-p
         if params.top_k or params.top_p < 1.0:
             top_k_filter_(logits, params.top_k)
             top_p_filter_(logits, params.top_p)
@@ -285,10 +306,13 @@ def generate(
     next_position = position_ids[:, -1] + 1  # [B]
     pad = torch.full_like(next_position, pad_id)  # [B]
 
+    # A row that may not stop yet cannot draw a stop token; without stop_at_eos nothing stops, so nothing is banned.
+    banned_until = min(params.min_new_tokens, steps) if stop_ids.numel() else 0
+
     logits = decoder.prefill(input_ids, attention_mask, position_ids)  # [B, V]
     used = 0
     for t in range(steps):
-        tokens, logprobs = sample(logits)  # [B], [B]
+        tokens, logprobs = sample(logits, stop_ids if t < banned_until else None)  # [B], [B]
         active = ~stopped  # [B]
         tokens = torch.where(active, tokens, pad)  # stopped rows emit padding
         tokens_out[:, t] = tokens
@@ -311,6 +335,8 @@ def generate(
         logprobs=logprobs_out[:, :used],
         texts=texts,
         finished=stopped,
+        banned_ids=tuple(stop_ids.tolist()) if banned_until else (),
+        banned_until=banned_until,
     )
 
 

@@ -213,6 +213,26 @@ class Checkpointer:
         return state["step"], state["extra"]
 
 
+def open_checkpoints(output_dir: str | Path, resume: bool, keep: int = 2) -> tuple[Checkpointer, Path | None]:
+    """(Checkpointer, the checkpoint to resume from or None) for a run writing to ``output_dir``.
+
+    Resuming picks the latest complete checkpoint (none: start at step 0, with a note). A fresh
+    run removes an earlier run's checkpoints and ``metrics.jsonl``, which the logger appends to,
+    so nothing of the old run is resumed from or mixed into the new log by mistake.
+    """
+    checkpoints = Checkpointer(output_dir, keep=keep)
+    latest = checkpoints.latest()
+    if resume:
+        if latest is None:
+            print(f"train.resume=true but no checkpoint in {checkpoints.root}; starting from step 0")
+        return checkpoints, latest
+    if latest is not None:
+        print(f"{output_dir} holds checkpoints of an earlier run; starting afresh (train.resume=true continues instead)")
+        shutil.rmtree(checkpoints.root)
+    (Path(output_dir) / "metrics.jsonl").unlink(missing_ok=True)
+    return checkpoints, None
+
+
 class RunLogger:
     """Metrics to ``metrics.jsonl`` and TensorBoard, a rich progress bar, and a summary at the end."""
 
@@ -294,6 +314,10 @@ def load_trainable_model(model_cfg, lora_cfg, seed: int = 0):
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    if model_cfg.lean_activations:
+        from tether.models import apply_lean_activations
+
+        apply_lean_activations(model)
     if lora_cfg.enabled:
         targets = lora_cfg.target_modules if lora_cfg.target_modules == "all-linear" else [t.strip() for t in lora_cfg.target_modules.split(",")]
         model = apply_lora(model, r=lora_cfg.r, alpha=lora_cfg.alpha, dropout=lora_cfg.dropout, target_modules=targets)

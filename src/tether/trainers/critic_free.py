@@ -10,7 +10,8 @@ looked up in ``CRITIC_FREE`` by the ``CriticFree`` enum:
   RLOO subtracts β·Σ_t KL_t from the sequence reward before the baseline (k1, as in the paper).
 
 The loss is the clipped surrogate (with one epoch and one minibatch the ratio is 1 and it is the
-plain policy gradient), averaged over all response tokens of the minibatch.
+plain policy gradient, and approx-KL and clip fraction, 0 by construction, are not logged),
+averaged over all response tokens of the minibatch. With a fixed β = 0 no reference is built or run.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def run_critic_free(cfg, kind: CriticFree, reward_source=None, gold_source=None)
         rollout_metrics,
         sample_responses,
         score,
+        single_update,
         start_run,
         step_generator,
         resume_or_begin,
@@ -125,14 +127,14 @@ def run_critic_free(cfg, kind: CriticFree, reward_source=None, gold_source=None)
     group = t.samples_per_prompt
     if group < 2:
         raise ValueError(f"{kind.value} needs train.samples_per_prompt >= 2 (a group to compare within), got {group}")
-    run = start_run(cfg, reward_source, gold_source)
+    kl_cfg = replace(cfg.kl, coef=section.beta) if spec.kl_in_loss else cfg.kl
+    run = start_run(cfg, reward_source, gold_source, kl=kl_cfg)
     params = [q for q in run.policy.parameters() if q.requires_grad]
     optimizer = build_optimizer([{"params": params}], t)
     scheduler = build_scheduler(optimizer, t.steps, t)
-    kl_cfg = replace(cfg.kl, coef=section.beta) if spec.kl_in_loss else cfg.kl
     kl_ctl = make_kl_controller(kl_cfg)
     monitors = Monitors(t.monitor_window)
-    checkpoints, latest = prepare_output(t.output_dir, t.resume)
+    checkpoints, latest = prepare_output(t.output_dir, t.resume, t.keep_checkpoints)
     start_step, history, before = resume_or_begin(checkpoints, latest, run.policy, optimizer, scheduler, kl_ctl, monitors)
     if start_step == 0:
         before = held_out(run, cfg)
@@ -141,7 +143,7 @@ def run_critic_free(cfg, kind: CriticFree, reward_source=None, gold_source=None)
     temperature, chunk = cfg.sampling.temperature, cfg.model.chunk_size
     # With one pass of one minibatch the sampling policy is the current one: the ratio is exactly 1
     # and the rollout's own log-probs serve as the old ones, saving a forward pass.
-    one_update = t.epochs == 1 and (t.minibatch_size <= 0 or t.minibatch_size >= t.prompts_per_step * group)
+    one_update = single_update(t, t.prompts_per_step * group)
     logger = RunLogger(t.output_dir, t.steps, start_step, progress=t.progress, title=kind.value)
     run.policy.train()
     loop_started = time.time()
@@ -156,11 +158,13 @@ def run_critic_free(cfg, kind: CriticFree, reward_source=None, gold_source=None)
             gold = score(run.gold, prompts, rollout.texts, group)[0] if run.gold is not None else None  # [B]
         batch = ResponseBatch.from_rollout(rollout, run.pad_id)
         mask = batch.mask  # [B, Tr]
-        with timer("reference"):
-            ref_lp = run.reference.logprobs(run.policy, batch, temperature, chunk)  # [B, Tr]
-            old_lp = rollout.logprobs.float()  # [B, Tr], under softmax(logits / temperature)
-        kl = torch.where(mask, kl_estimate(cfg.kl.estimator, old_lp, ref_lp), torch.zeros(()))  # [B, Tr]
-        rewards = scores if spec.kl_in_loss else scores - kl_ctl.value * kl.sum(1)  # [B]
+        old_lp = rollout.logprobs.float()  # [B, Tr], under softmax(logits / temperature)
+        ref_lp = kl = None  # no reference: β is fixed at 0
+        if run.reference is not None:
+            with timer("reference"):
+                ref_lp = run.reference.logprobs(run.policy, batch, temperature, chunk)  # [B, Tr]
+            kl = torch.where(mask, kl_estimate(cfg.kl.estimator, old_lp, ref_lp), torch.zeros(()))  # [B, Tr]
+        rewards = scores if spec.kl_in_loss or kl is None else scores - kl_ctl.value * kl.sum(1)  # [B]
         advantages = spec.advantages(rewards, group, section)  # [B]
 
         with timer("update"):
@@ -173,7 +177,7 @@ def run_critic_free(cfg, kind: CriticFree, reward_source=None, gold_source=None)
                     m = sub.mask  # [b, Tr]
                     logprobs, entropy = response_logprobs(run.policy, response_hidden(run.policy, sub), sub, temperature, chunk, entropy=True)  # [b, Tr]
                     old = None if one_update else old_lp[rows]
-                    if spec.kl_in_loss:
+                    if spec.kl_in_loss and ref_lp is not None:
                         losses, lm = grpo_loss(logprobs, old, ref_lp[rows], advantages[rows], m, clip_eps=section.clip_eps, beta=kl_ctl.value, kl_estimator=cfg.kl.estimator)
                     else:
                         losses, lm = ppo_clip_loss(logprobs, old, advantages[rows], m, clip_eps=section.clip_eps)
@@ -186,11 +190,12 @@ def run_critic_free(cfg, kind: CriticFree, reward_source=None, gold_source=None)
                     updates += 1
                     piece = {
                         "loss/total": float(loss.detach()),
-                        "policy/approx_kl": float(lm["approx_kl"]),
-                        "policy/clip_frac": float(lm["clipfrac"]),
                         "policy/entropy": float(masked_mean(entropy, m)),
                         "grad_norm": float(grad_norm),
                     }
+                    if not one_update:  # else the ratio is 1: both 0 by construction
+                        piece["policy/approx_kl"] = float(lm["approx_kl"])
+                        piece["policy/clip_frac"] = float(lm["clipfrac"])
                     for k, v in piece.items():
                         sums[k] = sums.get(k, 0.0) + v
             metrics = {k: v / max(updates, 1) for k, v in sums.items()}
@@ -204,7 +209,8 @@ def run_critic_free(cfg, kind: CriticFree, reward_source=None, gold_source=None)
         metrics["advantage/abs_mean"] = float(advantages.abs().mean())
         # Groups whose responses all scored the same carry no signal; many of them mean too easy or hard prompts.
         metrics["reward/zero_std_groups"] = float((scores.view(-1, group).std(1) == 0).float().mean())
-        kl_ctl.update(metrics["kl/ref"], len(rollout.texts))
+        if "kl/ref" in metrics:  # absent only without a reference, where β stays 0
+            kl_ctl.update(metrics["kl/ref"], len(rollout.texts))
         log_step(logger, history, monitors, step + 1, metrics)
         done = step + 1
         if out_of_time(cfg, loop_started):

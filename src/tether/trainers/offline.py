@@ -16,7 +16,6 @@ import torch
 
 from tether.config import TrainConfig
 from tether.trainers.common import (
-    Checkpointer,
     RunLogger,
     StepPlan,
     build_optimizer,
@@ -24,6 +23,7 @@ from tether.trainers.common import (
     configure_threads,
     ensure_finite,
     micro_batches,
+    open_checkpoints,
     set_seed,
     trainable_parameters,
 )
@@ -93,22 +93,13 @@ def fit(
     plan = StepPlan(len(train), cfg.batch_size, cfg.epochs, cfg.max_steps, cfg.seed)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, plan.total_steps, cfg)
-    checkpoints = Checkpointer(cfg.output_dir, keep=cfg.keep_checkpoints)
+    checkpoints, latest = open_checkpoints(cfg.output_dir, cfg.resume, cfg.keep_checkpoints)
     params = list(trainable_parameters(model).values())
     lengths = [e.num_tokens for e in train]
 
     start_step = 0
-    latest = checkpoints.latest()
-    if cfg.resume and latest is not None:
+    if latest is not None:
         start_step, _ = checkpoints.load(latest, model, optimizer, scheduler)
-    elif cfg.resume:
-        print(f"train.resume=true but no checkpoint in {checkpoints.root}; starting from step 0")
-    elif latest is not None:
-        print(f"{cfg.output_dir} holds checkpoints of an earlier run; starting afresh (train.resume=true continues instead)")
-        import shutil
-
-        shutil.rmtree(checkpoints.root)
-        (checkpoints.root.parent / "metrics.jsonl").unlink(missing_ok=True)
 
     logger = RunLogger(cfg.output_dir, plan.total_steps, start_step, progress=cfg.progress, title=title)
     model.train()

@@ -43,6 +43,8 @@ class SamplingConfig:
     temperature: float = opt(1.0, "Sampling temperature; training log-probabilities use the same temperature so the importance ratio starts at 1.")
     top_p: float = opt(1.0, "Nucleus sampling threshold (1.0: off). Log-probabilities are of the full distribution, before filtering.")
     top_k: int = opt(0, "Sample from the k most likely tokens only (0: off).")
+    stop_at_eos: bool = opt(True, "End a response at its first stop token (eos, <|im_end|>); false: every response is max_new_tokens long.")
+    min_new_tokens: int = opt(0, "With stop_at_eos: stop tokens cannot be drawn before this many tokens. Unlike top_k/top_p this changes the policy's distribution: sampling and training log-probabilities (and the reference's) are renormalised over the other tokens at those positions.")
 
 
 @dataclass
@@ -79,7 +81,7 @@ class RewardConfig:
 
 @dataclass
 class KLConfig:
-    coef: float = opt(0.05, "Initial coefficient beta of the KL penalty to the reference policy.")
+    coef: float = opt(0.05, "Initial coefficient beta of the KL penalty to the reference policy. 0 (and not adaptive): no reference is built or run, and the KL to it is not logged.")
     estimator: Literal["k1", "k2", "k3"] = opt("k1", "Per-token KL estimate: k1 = lp - ref, k2 = (lp - ref)^2 / 2, k3 = exp(ref - lp) - 1 - (ref - lp).")
     adaptive: bool = opt(False, "Steer beta towards kl.target with a proportional controller (Ziegler et al. 2019); off: beta stays fixed.")
     target: float = opt(6.0, "Adaptive controller: target KL per response (summed over tokens), in nats.")
@@ -129,7 +131,9 @@ def prompt_text(prompt: list[dict]) -> str:
 def sampling_params(cfg: SamplingConfig):
     from tether.rollout.engine import SamplingParams
 
-    return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+    return SamplingParams(
+        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, stop_at_eos=cfg.stop_at_eos, min_new_tokens=cfg.min_new_tokens
+    )
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -175,42 +179,63 @@ def score(source, prompts: list[list[dict]], texts: list[str], group_size: int, 
 
 @dataclass
 class ResponseBatch:
-    """Prompt + response token rows for a forward pass, and where each response token sits.
+    """Prompt + response tokens laid out for a forward pass, and where each response token sits.
 
-    ``positions[b, t]`` is the column whose hidden state predicts response token t of row b
-    (prompt_len − 1 + t): the policy's log-prob of that token and the value of the state before it
-    both read that column.
+    ``positions[b, t]`` is the flat index (row * T + column) of the hidden state that predicts
+    response token t of response b: the policy's log-prob of that token and the value of the state
+    before it both read it. By default responses to the same prompt (a GRPO/RLOO group, or PPO's
+    samples of one prompt) share it: the prompt runs once and the responses branch off it under a
+    4-D attention mask (``tether.data.shared_prefix``), exactly as separate rows would compute it.
+    ``share_prompt=False`` gives one right-padded row per response.
     """
 
-    input_ids: torch.Tensor  # [B, T] long, right-padded
-    attention_mask: torch.Tensor  # [B, T] long
-    position_ids: torch.Tensor  # [B, T] long
-    positions: torch.Tensor  # [B, Tr] long, column of the hidden state that predicts response token t
+    input_ids: torch.Tensor  # [R, T] long
+    attention_mask: torch.Tensor  # [R, T] long (padded) or [R, 1, T, T] additive float (shared prompt)
+    position_ids: torch.Tensor  # [R, T] long
+    positions: torch.Tensor  # [B, Tr] long, flat index of the hidden state that predicts response token t
     response_ids: torch.Tensor  # [B, Tr] long
     mask: torch.Tensor  # [B, Tr] bool
+    # min_new_tokens: tokens the engine excluded at response columns < banned_until (see Rollout)
+    banned_ids: tuple[int, ...] = ()
+    banned_until: int = 0
 
     @classmethod
-    def from_rollout(cls, rollout, pad_id: int, rows: torch.Tensor | None = None) -> ResponseBatch:
-        from tether.data.batches import collate
+    def from_rollout(cls, rollout, pad_id: int, rows: torch.Tensor | None = None, share_prompt: bool = True) -> ResponseBatch:
+        from tether.data.layouts import Layout, collate_layout
 
         rows = torch.arange(rollout.response_ids.shape[0]) if rows is None else rows
         sequences = rollout.sequences()
-        chosen = [sequences[i] for i in rows.tolist()]
-        batch = collate([[s] for s in chosen], pad_id)  # padded, one sequence per row
+        chosen = [sequences[i] for i in rows.tolist()]  # (prompt + response ids, prompt_len) per response
+        # Responses with identical prompt tokens form one example; its slots are laid out example-major.
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for b, (ids, plen) in enumerate(chosen):
+            groups.setdefault(tuple(ids[:plen]) if share_prompt else (b,), []).append(b)
+        order = [b for members in groups.values() for b in members]  # sequence number -> response
+        layout = Layout.SHARED_PROMPT if share_prompt else Layout.PADDED
+        batch = collate_layout(layout, [[chosen[b] for b in members] for members in groups.values()], pad_id)
+        # Each sequence's loss positions, in column order, are the states predicting its tokens 0, 1, ...
+        owner = batch.sequence_ids.masked_fill(~batch.loss_mask, -1).reshape(-1)  # [R*T], -1 where no response token is predicted
+        flat = (owner >= 0).nonzero().squeeze(1)  # [M]
+        flat = flat[torch.argsort(owner[flat], stable=True)]  # [M], grouped by sequence, each in column order
+        counts = torch.bincount(owner[owner >= 0], minlength=len(chosen)).tolist()
         response_ids, mask = rollout.response_ids[rows], rollout.response_mask[rows]  # [B, Tr]
-        prompt_lens = torch.tensor([plen for _, plen in chosen])  # [B]
-        t = torch.arange(response_ids.shape[1])  # [Tr]
-        positions = (prompt_lens.unsqueeze(1) - 1 + t).clamp(max=batch.input_ids.shape[1] - 1)  # [B, Tr]
-        return cls(batch.input_ids, batch.attention_mask, batch.position_ids, positions, response_ids, mask.bool())
+        positions = torch.zeros(response_ids.shape, dtype=torch.long)  # [B, Tr]; 0 off the mask (never read)
+        start = 0
+        for seq, b in enumerate(order):
+            positions[b, : counts[seq]] = flat[start : start + counts[seq]]
+            start += counts[seq]
+        return cls(
+            batch.input_ids, batch.attention_mask, batch.position_ids, positions, response_ids, mask.bool(),
+            banned_ids=getattr(rollout, "banned_ids", ()), banned_until=getattr(rollout, "banned_until", 0),
+        )
 
 
 def response_hidden(model, batch: ResponseBatch) -> torch.Tensor:
     """Backbone hidden states at the response positions -> [B, Tr, H]."""
     from tether.models import forward_hidden
 
-    hidden = forward_hidden(model, batch.input_ids, batch.position_ids, batch.attention_mask)  # [B, T, H]
-    index = batch.positions.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # [B, Tr, H]
-    return hidden.gather(1, index)  # [B, Tr, H]
+    hidden = forward_hidden(model, batch.input_ids, batch.position_ids, batch.attention_mask)  # [R, T, H]
+    return hidden.reshape(-1, hidden.shape[-1])[batch.positions.to(hidden.device)]  # [B, Tr, H]
 
 
 def response_logprobs(model, hidden: torch.Tensor, batch: ResponseBatch, temperature: float, chunk_size: int, entropy: bool = False):
@@ -220,21 +245,54 @@ def response_logprobs(model, hidden: torch.Tensor, batch: ResponseBatch, tempera
     ``tether.rl.token_logprobs`` walks the vocabulary in chunks, so no [B, Tr, V] float logits
     are held. Its entropy comes without a gradient; an entropy *bonus* therefore uses the sample
     estimate −log π(y_t) (see ``entropy_surrogate``).
+
+    Where the batch carries a ``min_new_tokens`` ban, the log-probs there are of the renormalised
+    distribution the engine sampled from (see ``banned_renormaliser``); the entropy stays that of
+    the full distribution (a metric only).
     """
     from tether.models import backbone_and_head
     from tether.rl.logprobs import token_logprobs
 
     _, head = backbone_and_head(model)
     mask = batch.mask.to(hidden.device)
-    out = token_logprobs(hidden[mask], head.weight, batch.response_ids.to(hidden.device)[mask], bias=head.bias, temperature=temperature, chunk_size=chunk_size, return_entropy=entropy)
+    targets = batch.response_ids.to(hidden.device)[mask]  # [M]
+    out = token_logprobs(hidden[mask], head.weight, targets, bias=head.bias, temperature=temperature, chunk_size=chunk_size, return_entropy=entropy)
+    logprobs, ent = out if entropy else (out, None)  # [M]
     positions = mask.nonzero(as_tuple=True)
+    if batch.banned_ids and batch.banned_until > 0:
+        early = positions[1] < batch.banned_until  # [M] tokens drawn while the ban held
+        if bool(early.any()):
+            log_kept = banned_renormaliser(hidden[mask][early], head, targets[early], logprobs[early], batch.banned_ids, temperature)  # [m]
+            logprobs = logprobs - torch.zeros_like(logprobs).index_put((early.nonzero(as_tuple=True)[0],), log_kept.to(logprobs.dtype))
 
     def scatter(values):  # [M] -> [B, Tr], differentiable
         return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).index_put(positions, values)
 
-    if entropy:
-        return scatter(out[0]), scatter(out[1])
-    return scatter(out), None
+    return scatter(logprobs), (scatter(ent) if entropy else None)
+
+
+def banned_renormaliser(hidden: torch.Tensor, head, targets: torch.Tensor, logprobs: torch.Tensor, banned_ids, temperature: float) -> torch.Tensor:
+    """log(1 − Σ_e π(e)) over the banned tokens e, per row: what renormalising over the others
+    subtracts from log π(y). hidden [m, H], targets [m] (never banned), logprobs [m] = log π(y) -> [m].
+
+    No second pass over the vocabulary: the normaliser cancels in a difference of logits,
+        log π(e) = log π(y) + (z_e − z_y) / T,
+    so only the banned tokens' and the targets' logits are computed. Differentiable.
+    """
+    ids = torch.as_tensor(banned_ids, device=hidden.device)  # [k]
+    h = hidden.float()  # [m, H]
+    banned_logits = h @ head.weight[ids].float().T  # [m, k]
+    target_logits = (h * head.weight[targets].float()).sum(-1)  # [m]
+    if head.bias is not None:
+        banned_logits = banned_logits + head.bias[ids].float()
+        target_logits = target_logits + head.bias[targets].float()
+    log_banned = (logprobs.float()[:, None] + (banned_logits - target_logits[:, None]) / temperature).logsumexp(-1)  # [m] log Σ_e π(e), < 0
+    return log1mexp(log_banned)
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 − exp(x)) for x < 0, accurate at both ends (Mächler 2012)."""
+    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
 def entropy_surrogate(logprobs: torch.Tensor) -> torch.Tensor:
@@ -275,10 +333,23 @@ class Reference:
         return lp
 
 
+def uses_reference(cfg: KLConfig) -> bool:
+    """Whether the KL penalty can ever be nonzero. A fixed β = 0 never needs the reference, so none
+    is built (no frozen copy) or run (no reference forward pass), and the KL to it goes unlogged."""
+    return cfg.adaptive or cfg.coef != 0.0
+
+
 def make_kl_controller(cfg: KLConfig):
     from tether.rl.kl import AdaptiveKLController, FixedKLController
 
     return AdaptiveKLController(cfg.coef, cfg.target, cfg.horizon) if cfg.adaptive else FixedKLController(cfg.coef)
+
+
+def single_update(cfg: OnlineTrainConfig, batch_size: int) -> bool:
+    """One epoch of one minibatch: the policy updated is the one that sampled, so the importance
+    ratio is exactly 1 and ``policy/approx_kl`` and ``policy/clip_frac`` are 0 by construction;
+    the trainers then leave them out of the logs rather than report an uninformative 0."""
+    return cfg.epochs == 1 and (cfg.minibatch_size <= 0 or cfg.minibatch_size >= batch_size)
 
 
 def minibatches(n: int, size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -311,16 +382,18 @@ class Timer:
         return {f"time/{k}": v for k, v in self.seconds.items()}
 
 
-def rollout_metrics(rollout, scores: torch.Tensor, kl: torch.Tensor, gold: torch.Tensor | None) -> dict[str, float]:
-    """What practitioners watch about the samples themselves."""
+def rollout_metrics(rollout, scores: torch.Tensor, kl: torch.Tensor | None, gold: torch.Tensor | None) -> dict[str, float]:
+    """What practitioners watch about the samples themselves. ``kl`` [B, Tr] is None when the run
+    has no reference (β = 0): ``kl/ref`` is then left out rather than logged as a made-up 0."""
     lengths = rollout.response_mask.sum(1).float()  # [B]
     out = {
         "reward/mean": float(scores.mean()),
         "reward/std": float(scores.std()) if scores.numel() > 1 else 0.0,
-        "kl/ref": float(kl.sum(1).mean()),  # per response, summed over its tokens
         "response/length": float(lengths.mean()),
         "response/finished": float(rollout.finished.float().mean()),
     }
+    if kl is not None:
+        out["kl/ref"] = float(kl.sum(1).mean())  # per response, summed over its tokens
     if gold is not None:
         out["gold/mean"] = float(gold.mean())
     return out
@@ -340,22 +413,11 @@ def trim_history(history: dict[str, list[float]], steps: int) -> None:
         del values[steps:]
 
 
-def prepare_output(output_dir: str, resume: bool):
+def prepare_output(output_dir: str, resume: bool, keep: int = 2):
     """(Checkpointer, latest checkpoint or None); a fresh run clears an earlier run's state."""
-    import shutil
+    from tether.trainers.common import open_checkpoints
 
-    from tether.trainers.common import Checkpointer
-
-    checkpoints = Checkpointer(output_dir)
-    latest = checkpoints.latest()
-    if resume and latest is None:
-        print(f"train.resume=true but no checkpoint in {checkpoints.root}; starting from step 0")
-    if not resume and latest is not None:
-        print(f"{output_dir} holds checkpoints of an earlier run; starting afresh (train.resume=true continues instead)")
-        shutil.rmtree(checkpoints.root)
-    if not resume:
-        (Path(output_dir) / "metrics.jsonl").unlink(missing_ok=True)
-    return checkpoints, (latest if resume else None)
+    return open_checkpoints(output_dir, resume, keep)
 
 
 def resume_or_begin(checkpoints, latest, modules, optimizer, scheduler, kl_ctl, monitors) -> tuple[int, dict[str, list[float]], dict | None]:
@@ -433,7 +495,7 @@ __all__ = [
 class RunSetup:
     policy: torch.nn.Module
     tokenizer: object
-    reference: Reference
+    reference: Reference | None  # None when the KL coefficient is fixed at 0 (see uses_reference)
     source: object
     gold: object | None
     train_prompts: list
@@ -443,9 +505,10 @@ class RunSetup:
     pad_id: int
 
 
-def start_run(cfg, reward_source=None, gold_source=None) -> RunSetup:
+def start_run(cfg, reward_source=None, gold_source=None, kl: KLConfig | None = None) -> RunSetup:
     """Seed, load the policy (and its reference, before any checkpoint changes the weights),
-    the reward sources and the prompts."""
+    the reward sources and the prompts. ``kl``: the KL settings in effect (default ``cfg.kl``;
+    GRPO's β lives in its own section); no reference is built when they never need one."""
     from tether.config import save_yaml
     from tether.rollout.engine import pad_token_id
     from tether.trainers.common import StepPlan, configure_threads, load_trainable_model, set_seed
@@ -456,7 +519,7 @@ def start_run(cfg, reward_source=None, gold_source=None) -> RunSetup:
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
     policy, tokenizer = load_trainable_model(cfg.model, cfg.lora, cfg.train.seed)
-    reference = Reference(cfg.kl.reference, policy, cfg.lora.enabled)
+    reference = Reference(cfg.kl.reference, policy, cfg.lora.enabled) if uses_reference(kl or cfg.kl) else None
     source = reward_source if reward_source is not None else load_reward(cfg.reward.source, cfg.reward.uncertainty_penalty)
     gold = gold_source if gold_source is not None else (load_reward(cfg.reward.gold) if cfg.reward.gold else None)
     train_prompts, eval_prompts = load_prompts(cfg.data)
@@ -478,7 +541,8 @@ def log_step(logger, history: dict[str, list[float]], monitors, step: int, metri
         history.setdefault(k, []).append(float(v))
     logger.log(step, metrics)
     print_monitor_warnings(logger, monitors.check(step, history))
-    logger.advance(step, info=f"reward {metrics['reward/mean']:+.3f} kl {metrics['kl/ref']:.2f}")
+    kl = f" kl {metrics['kl/ref']:.2f}" if "kl/ref" in metrics else ""
+    logger.advance(step, info=f"reward {metrics['reward/mean']:+.3f}{kl}")
 
 
 def out_of_time(cfg, loop_started: float) -> bool:
@@ -507,4 +571,4 @@ def finish_run(run: RunSetup, cfg, logger, history, monitors, before, started: f
     return rows
 
 
-__all__ += ["RunSetup", "finish_run", "held_out", "log_step", "out_of_time", "start_run"]
+__all__ += ["RunSetup", "finish_run", "held_out", "log_step", "out_of_time", "single_update", "start_run", "uses_reference"]

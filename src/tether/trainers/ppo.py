@@ -149,6 +149,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
         rollout_metrics,
         sample_responses,
         score,
+        single_update,
         start_run,
         step_generator,
         resume_or_begin,
@@ -168,7 +169,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
     scheduler = build_scheduler(optimizer, t.steps, t)
     kl_ctl = make_kl_controller(cfg.kl)
     monitors = Monitors(t.monitor_window)
-    checkpoints, latest = prepare_output(t.output_dir, t.resume)
+    checkpoints, latest = prepare_output(t.output_dir, t.resume, t.keep_checkpoints)
     start_step, history, before = resume_or_begin(checkpoints, latest, modules, optimizer, scheduler, kl_ctl, monitors)
     if start_step == 0:
         before = held_out(run, cfg)
@@ -177,6 +178,8 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
     params = [q for q in trainable_parameters(modules).values()]
     temperature, chunk = cfg.sampling.temperature, cfg.model.chunk_size
     group = t.samples_per_prompt
+    # One update on the sampling policy: approx-KL and clip fraction are 0 by construction, so unlogged.
+    ratio_metrics = not single_update(t, t.prompts_per_step * group)
     logger = RunLogger(t.output_dir, t.steps, start_step, progress=t.progress, title="ppo")
     modules.train()
     loop_started = time.time()
@@ -192,9 +195,10 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
         batch = ResponseBatch.from_rollout(rollout, run.pad_id)
         mask = batch.mask  # [B, Tr]
         with timer("reference+value"), torch.no_grad():
-            ref_lp = run.reference.logprobs(run.policy, batch, temperature, chunk)  # [B, Tr]
+            ref_lp = run.reference.logprobs(run.policy, batch, temperature, chunk) if run.reference is not None else None  # [B, Tr]
             old_lp, old_values, entropy = modules(batch, temperature, chunk, entropy=True)  # [B, Tr] each
-        rewards, kl = kl_penalized_rewards(scores, old_lp, ref_lp, mask, kl_coef=kl_ctl.value, estimator=cfg.kl.estimator)  # [B, Tr]
+        # Without a reference β is 0: the policy's own log-probs stand in, a zero KL leaves the rewards as the scores.
+        rewards, kl = kl_penalized_rewards(scores, old_lp, old_lp if ref_lp is None else ref_lp, mask, kl_coef=kl_ctl.value, estimator=cfg.kl.estimator)  # [B, Tr]
         advantages, returns = gae(rewards, old_values, gamma=p.gamma, lam=p.lam, mask=mask)  # [B, Tr]
         if p.whiten_advantages:
             advantages = whiten(advantages, mask)
@@ -231,7 +235,8 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
                         "grad_norm": float(grad_norm),
                     }
                     for k, v in piece.items():
-                        sums[k] = sums.get(k, 0.0) + v
+                        if ratio_metrics or k not in ("policy/approx_kl", "policy/clip_frac"):
+                            sums[k] = sums.get(k, 0.0) + v
                     if p.target_kl is not None and piece["policy/approx_kl"] > p.target_kl:
                         early_stop = True
                         break
@@ -241,7 +246,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
             metrics["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
 
-        metrics.update(rollout_metrics(rollout, scores, kl, gold))
+        metrics.update(rollout_metrics(rollout, scores, kl if ref_lp is not None else None, gold))
         metrics.update(extras)
         metrics.update(timer.metrics())
         metrics.update(
@@ -254,7 +259,8 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
                 "early_stopped": float(early_stop),
             }
         )
-        kl_ctl.update(metrics["kl/ref"], len(rollout.texts))
+        if "kl/ref" in metrics:  # absent only without a reference, where β stays 0
+            kl_ctl.update(metrics["kl/ref"], len(rollout.texts))
         log_step(logger, history, monitors, step + 1, metrics)
         done = step + 1
         if out_of_time(cfg, loop_started):
