@@ -15,19 +15,7 @@ from tether.config import from_dict
 
 torch.set_num_threads(1)
 
-LOWER = set("abcdefghijklmnopqrstuvwxyz")
-
-
-class LowercaseReward:
-    def __init__(self, fail_on_call: int | None = None):
-        self.calls = 0
-        self.fail_on_call = fail_on_call
-
-    def score(self, prompts, responses):
-        self.calls += 1
-        if self.fail_on_call is not None and self.calls == self.fail_on_call:
-            raise KeyboardInterrupt("simulated interruption")
-        return {"reward": torch.tensor([sum(c in LOWER for c in r) / max(len(r), 1) for r in responses], dtype=torch.float32)}
+from toy_rewards import LowercaseReward  # noqa: E402
 
 
 def _raw(tmp_path, name, steps, sampling=None, **train):
