@@ -25,7 +25,9 @@ def test_packed_matches_padded_per_sequence():
     padded = pad_batch(SEQS, PLENS, pad_id=0)
     packed = pack_batch(SEQS, PLENS, pad_id=0, row_tokens=8)
     assert packed.attention_mask is None
-    assert packed.input_ids.shape[0] == 2  # 5+3 fit in one row of 8, 2 in another
+    # 10 tokens need ceil(10 / 8) = 2 rows; longest first into the emptiest row: [5] and [3, 2],
+    # so both rows are 5 wide (first fit would have made rows [5, 3] and [2], 8 wide).
+    assert packed.input_ids.shape == (2, 5)
     for b in (padded, packed):
         values = torch.arange(b.target_ids.numel(), dtype=torch.float).view_as(b.target_ids)
         gathered = {}
@@ -35,8 +37,18 @@ def test_packed_matches_padded_per_sequence():
         assert gathered == {0: [7, 8, 9], 1: [4], 2: []}
         assert b.per_sequence(values * 0 + 1).tolist() == [3.0, 1.0, 0.0]
     # Position ids restart at 0 for every packed sequence.
-    row0 = packed.position_ids[0].tolist()
-    assert row0 == [0, 1, 2, 3, 4, 0, 1, 2]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]
+    assert packed.input_ids.tolist() == [[5, 6, 7, 8, 9], [10, 11, 12, 3, 4]]
+
+
+def test_balanced_rows():
+    """Rows come out equally full; an item of row_tokens or more is a row of its own."""
+    from tether.data.batches import balanced_rows
+
+    assert balanced_rows([4, 4, 4, 4], 8) == [[0, 2], [1, 3]]
+    assert sorted(map(sorted, balanced_rows([6, 5, 3, 2], 8))) == [[0, 3], [1, 2]]  # fills 8 and 8
+    assert balanced_rows([10, 3, 3], 8) == [[0], [1, 2]]
+    assert balanced_rows([1], 8) == [[0]]
 
 
 def test_collate_is_example_major():

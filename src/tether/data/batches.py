@@ -93,26 +93,38 @@ def pad_batch(sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int], pa
     return TokenBatch(attention_mask=attention_mask, num_sequences=len(sequences), **out)
 
 
-def pack_batch(sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad_id: int, row_tokens: int) -> TokenBatch:
-    """Several sequences per row of at most ``row_tokens`` (first-fit, longest first).
+def balanced_rows(lengths: Sequence[int], row_tokens: int) -> list[list[int]]:
+    """Indices of items of the given lengths grouped into rows of about ``row_tokens`` tokens.
 
-    A sequence longer than ``row_tokens`` gets a row of its own. Trailing space in a row is filled
-    with pad tokens whose position ids keep increasing, so they read as the tail of the row's last
-    sequence and attend only within it; they carry no loss.
+    Every row is padded to the widest, so what matters is that rows come out equally full: take
+    R = ceil(total / row_tokens) rows and give each item, longest first, to the emptiest row. (A
+    first-fit packing fills R - 1 rows and leaves the last one part empty: on the bundled
+    preferences that was a fifth of each DPO batch spent on padding.) A row may run past
+    ``row_tokens`` by less than one item; an item longer than ``row_tokens`` is a row of its own.
     """
-    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-    rows: list[list[int]] = []  # sequence indices in each row
-    room: list[int] = []
-    for i in order:
-        n = len(sequences[i])
-        for r, free in enumerate(room):
-            if n <= free:
-                rows[r].append(i)
-                room[r] -= n
-                break
-        else:
-            rows.append([i])
-            room.append(max(row_tokens, n) - n)
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    alone = [i for i in order if lengths[i] >= row_tokens]
+    rest = [i for i in order if lengths[i] < row_tokens]
+    rows: list[list[int]] = [[i] for i in alone]
+    if rest:
+        count = -(-sum(lengths[i] for i in rest) // row_tokens)  # ceil
+        shared = [[] for _ in range(count)]
+        fill = [0] * count
+        for i in rest:
+            r = min(range(count), key=fill.__getitem__)
+            shared[r].append(i)
+            fill[r] += lengths[i]
+        rows += shared
+    return rows
+
+
+def pack_batch(sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad_id: int, row_tokens: int) -> TokenBatch:
+    """Several sequences per row of about ``row_tokens`` tokens (``balanced_rows``).
+
+    Trailing space in a row is filled with pad tokens whose position ids keep increasing, so they
+    read as the tail of the row's last sequence and attend only within it; they carry no loss.
+    """
+    rows = balanced_rows([len(s) for s in sequences], row_tokens)
     width = max(sum(len(sequences[i]) for i in row) for row in rows)
     out = _empty(len(rows), width, pad_id)
     for r, row in enumerate(rows):

@@ -11,7 +11,7 @@ position predicts one token and the batch is a ``TokenBatch`` like any other. Ev
 the separate sequence would give, but the prompt (on the bundled preferences, 60% of each
 sequence, most of it the chat template's system turn) is computed once instead of K times.
 
-Segments are packed into rows of about ``row_tokens`` tokens (first fit, longest first) with a
+Segments are packed into equally full rows of about ``row_tokens`` tokens (``balanced_rows``) with a
 4-D additive attention mask that also keeps segments apart, so no compute goes to padding
 either. Examples whose slots do not share their prompt tokens (their prompts were truncated
 differently) become one segment per slot.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tether.data.batches import TokenBatch
+from tether.data.batches import TokenBatch, balanced_rows
 
 
 @dataclass
@@ -79,8 +79,8 @@ def collate_shared_prefix(examples: list[list[tuple[list[int], int]]], pad_id: i
     """Examples (each a list of (input_ids, prompt_len) slots sharing one prompt) -> SharedPrefixBatch.
 
     Sequences are numbered example-major (slot k of example i is sequence ``sum of earlier slot
-    counts + k``), as ``tether.data.batches.collate`` numbers them. Rows hold at most
-    ``row_tokens`` tokens unless a single segment is longer.
+    counts + k``), as ``tether.data.batches.collate`` numbers them. Rows hold about
+    ``row_tokens`` tokens (``balanced_rows``); a segment longer than that is a row of its own.
     """
     segments: list[tuple[_Segment, int]] = []  # (segment, number of the example's first sequence)
     seq = 0
@@ -88,18 +88,9 @@ def collate_shared_prefix(examples: list[list[tuple[list[int], int]]], pad_id: i
         for s in _segments(example):
             segments.append((s, seq))
         seq += len(example)
-    # First fit, longest first: few rows and little padding; attention costs T^2 per row, so rows stay near row_tokens.
-    rows: list[list[int]] = []
-    fill: list[int] = []
-    for s in sorted(range(len(segments)), key=lambda s: -len(segments[s][0].ids)):
-        n = len(segments[s][0].ids)
-        target = next((r for r in range(len(rows)) if fill[r] + n <= row_tokens), None)
-        if target is None:
-            rows.append([])
-            fill.append(0)
-            target = len(rows) - 1
-        rows[target].append(s)
-        fill[target] += n
+    # Equally full rows of about row_tokens: attention costs T^2 per row and every row is padded to the widest.
+    rows = balanced_rows([len(seg.ids) for seg, _ in segments], row_tokens)
+    fill = [sum(len(segments[s][0].ids) for s in row) for row in rows]
     width = max(fill)
     r_count = len(rows)
     input_ids = torch.full((r_count, width), pad_id, dtype=torch.long)
