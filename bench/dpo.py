@@ -29,16 +29,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+from harness import report, run_side, scratch_dir  # noqa: E402
 
 SEED = 0
 LR = 5e-6
@@ -88,9 +88,9 @@ def _tether_run(args, loss: str, examples) -> dict:
     from tether.trainers.offline import fit
     from tether.trainers.prepare import PreparedData
 
-    out = tempfile.mkdtemp(prefix=f"bench-dpo-{loss}-")
+    out = scratch_dir(prefix=f"bench-dpo-{loss}-")
     model_dir = _model_dir(args)  # before TETHER_CACHE moves: the default model's converted copy lives in the real cache
-    os.environ["TETHER_CACHE"] = tempfile.mkdtemp(prefix="bench-dpo-cache-")  # cold: the reference pass really runs
+    os.environ["TETHER_CACHE"] = scratch_dir(prefix="bench-dpo-cache-")  # cold: the reference pass really runs
     cfg = load_config(DPOConfig, None, [
         f"model.name_or_path={model_dir}", f"dpo.loss={loss}", f"dpo.beta={BETA}", "dpo.reference=cached",
         f"train.output_dir={out}", f"train.max_steps={args.warmup + args.steps}", f"train.batch_size={args.batch}",
@@ -106,6 +106,8 @@ def _tether_run(args, loss: str, examples) -> dict:
         fit(model, objective, examples, [], cfg.train, title=loss)
     times = [r["time"] for r in map(json.loads, open(Path(out) / "metrics.jsonl")) if r["split"] == "train"]
     needs_pass = objective.spec.needs_reference
+    for used in (out, os.environ["TETHER_CACHE"]):  # a checkpoint of the default model is ~1 GB; the variants make ten
+        shutil.rmtree(used, ignore_errors=True)
     return {
         "ref_seconds": ref_seconds if needs_pass else 0.0,
         "ref_examples": len(examples) if needs_pass else 0,
@@ -153,7 +155,7 @@ def run_trl(args) -> dict:
             return out
 
     config = DPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="bench-dpo-trl-"), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
+        output_dir=scratch_dir(prefix="bench-dpo-trl-"), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
         max_steps=args.warmup + args.steps, learning_rate=LR, beta=BETA, loss_type=["sigmoid"], bf16=False, fp16=False,
         gradient_checkpointing=False, precompute_ref_log_probs=True, logging_strategy="no", save_strategy="no", eval_strategy="no",
         report_to=[], use_cpu=True, max_length=args.max_length, padding_free=args.trl_padding_free,
@@ -191,8 +193,7 @@ def _rate(res: dict) -> float:
 
 def child(args) -> None:
     result = {"tether": run_tether, "trl": run_trl, "variants": run_variants}[args.side](args)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(result), flush=True)
+    report(result)
 
 
 def _child_argv(args) -> list[str]:
@@ -200,21 +201,12 @@ def _child_argv(args) -> list[str]:
     return argv + [f"--layout={args.layout}"] + ["--trl-padding-free"] * args.trl_padding_free
 
 
-def _run_side(side: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--side", side, *_child_argv(args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    if proc.returncode or not line:
-        print(proc.stdout[-2000:], proc.stderr[-4000:])
-        raise SystemExit(f"{side} failed")
-    return json.loads(line[0][len("RESULT ") :])
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", choices=["tether", "trl", "variants"], help=argparse.SUPPRESS)
     parser.add_argument("--model", default="default", help="'default' or a Hugging Face model directory (a smoke test may pass a tiny one)")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="tether/TRL rounds (0: only the per-variant table)")
     parser.add_argument("--steps", type=int, default=2, help="timed optimizer steps per run (one full run stays near 10 minutes on 2 cores)")
     parser.add_argument("--warmup", type=int, default=1, help="optimizer steps before the timed window")
     parser.add_argument("--batch", type=int, default=8, help="pairs per optimizer step")
@@ -235,20 +227,21 @@ def main() -> None:
     print(f"{'round':>5} {'side':<7} {'ref pass s':>10} {'steps s':>8} {'pairs/s':>8} {'peak RSS MB':>12}", flush=True)
     for r in range(args.rounds):
         for side in (("tether", "trl") if r % 2 == 0 else ("trl", "tether")):
-            res = _run_side(side, args)
+            res = run_side(__file__, side, _child_argv(args), args.threads)
             res["rate"] = _rate(res)
             results[side].append(res)
             print(f"{r + 1:>5} {side:<7} {res['ref_seconds']:>10.2f} {res['seconds']:>8.2f} {res['rate']:>8.3f} {res['peak_rss_mb']:>12.0f}", flush=True)
-    rate = {s: statistics.median(x["rate"] for x in v) for s, v in results.items()}
-    rss = {s: statistics.median(x["peak_rss_mb"] for x in v) for s, v in results.items()}
-    speed, memory = rate["tether"] / rate["trl"], rss["tether"] / rss["trl"]
-    print(f"median tether: {rate['tether']:.3f} pairs/s, peak RSS {rss['tether']:.0f} MB")
-    print(f"median TRL   : {rate['trl']:.3f} pairs/s, peak RSS {rss['trl']:.0f} MB (attention: {results['trl'][0].get('attn')})")
-    print(f"pairs/s ratio tether/TRL: {speed:.2f}x (target >= 1.5x: {'met' if speed >= 1.5 else 'NOT met'})")
-    print(f"peak-memory ratio tether/TRL: {memory:.2f}x (target <= 0.65x: {'met' if memory <= 0.65 else 'NOT met'})", flush=True)
+    if args.rounds:  # --rounds 0: only the per-variant table
+        rate = {s: statistics.median(x["rate"] for x in v) for s, v in results.items()}
+        rss = {s: statistics.median(x["peak_rss_mb"] for x in v) for s, v in results.items()}
+        speed, memory = rate["tether"] / rate["trl"], rss["tether"] / rss["trl"]
+        print(f"median tether: {rate['tether']:.3f} pairs/s, peak RSS {rss['tether']:.0f} MB")
+        print(f"median TRL   : {rate['trl']:.3f} pairs/s, peak RSS {rss['trl']:.0f} MB (attention: {results['trl'][0].get('attn')})")
+        print(f"pairs/s ratio tether/TRL: {speed:.2f}x (target >= 1.5x: {'met' if speed >= 1.5 else 'NOT met'})")
+        print(f"peak-memory ratio tether/TRL: {memory:.2f}x (target <= 0.65x: {'met' if memory <= 0.65 else 'NOT met'})", flush=True)
     if args.no_variants:
         return
-    variants = _run_side("variants", argparse.Namespace(**{**vars(args), "steps": args.variant_steps, "batch": args.variant_batch}))
+    variants = run_side(__file__, "variants", _child_argv(argparse.Namespace(**{**vars(args), "steps": args.variant_steps, "batch": args.variant_batch})), args.threads)
     print(f"\ntether per loss variant ({args.warmup} warm-up + {args.variant_steps} timed steps of {args.variant_batch} examples each):")
     print(f"{'loss':<9} {'seqs/example':>12} {'ref pass s':>10} {'steps s':>8} {'examples/s':>10} {'steps only':>10}")
     for kind, res in variants.items():

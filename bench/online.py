@@ -50,17 +50,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+from harness import report, run_side, scratch_dir  # noqa: E402
 
 SEED = 0
 LR = 1e-6
@@ -86,7 +84,7 @@ def run_tether(args) -> dict:
     from tether.config import load_config
     from tether.trainers.critic_free import GRPOConfig, run_grpo
 
-    out = tempfile.mkdtemp(prefix="bench-online-tether-")
+    out = scratch_dir(prefix="bench-online-tether-")
     cfg = load_config(GRPOConfig, None, [
         f"model.name_or_path={args.model}", "lora.enabled=false", "kl.reference=copy", "kl.estimator=k3",
         f"grpo.beta={args.beta}", f"grpo.clip_eps={CLIP_EPS}", "grpo.normalize_std=true",
@@ -146,7 +144,7 @@ def run_trl(args) -> dict:
             snapshots.append(dict(phases))
 
     config = GRPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="bench-online-trl-"), per_device_train_batch_size=args.prompts * args.group,
+        output_dir=scratch_dir(prefix="bench-online-trl-"), per_device_train_batch_size=args.prompts * args.group,
         gradient_accumulation_steps=1, num_generations=args.group, num_iterations=1, max_steps=args.warmup + args.steps,
         max_completion_length=args.new_tokens, generation_kwargs={"min_new_tokens": args.new_tokens},
         temperature=1.0, top_p=1.0, top_k=0, beta=args.beta, epsilon=CLIP_EPS, loss_type="dapo", scale_rewards="group",
@@ -197,18 +195,8 @@ RUNNERS = {"tether": run_tether, "trl": run_trl}
 def child(args) -> None:
     result = RUNNERS[args.side](args)
     result["samples_per_second"] = result["samples"] / result["seconds"]
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(result), flush=True)
+    report(result)
 
-
-def _run_side(side: str, args, argv: list[str]) -> dict:
-    cmd = [sys.executable, __file__, "--side", side, *argv]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    if proc.returncode or not line:
-        print(proc.stdout[-2000:], proc.stderr[-4000:])
-        raise SystemExit(f"{side} failed")
-    return json.loads(line[0][len("RESULT ") :])
 
 
 def main() -> None:
@@ -238,7 +226,7 @@ def main() -> None:
     print(f"{'round':>5} {'side':<7} {'samples':>7} {'seconds':>8} {'samples/s':>9} {'peak RSS MB':>12}  split s/step", flush=True)
     for r in range(args.rounds):
         for side in (sides if r % 2 == 0 else sides[::-1]):
-            res = _run_side(side, args, argv)
+            res = run_side(__file__, side, argv, args.threads)
             results[side].append(res)
             split = " ".join(f"{k} {v:.2f}" for k, v in res.get("split", {}).items())
             print(f"{r + 1:>5} {side:<7} {res['samples']:>7} {res['seconds']:>8.2f} {res['samples_per_second']:>9.2f} {res['peak_rss_mb']:>12.0f}  {split}", flush=True)

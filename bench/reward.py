@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+from harness import report, run_side, scratch_dir  # noqa: E402
 
 # tether's row layouts (rm.share_prompt, data.pack): the default shares each pair's prompt; the others are for ablation.
 LAYOUTS = {
@@ -55,7 +53,7 @@ def run_tether(args) -> dict:
     from tether.config import load_config
     from tether.trainers.rm import RMConfig, run_rm_train
 
-    out = tempfile.mkdtemp(prefix="bench-rm-tether-")
+    out = scratch_dir(prefix="bench-rm-tether-")
     cfg = load_config(RMConfig, None, [
         f"model.name_or_path={_model_dir(args.model)}", f"train.output_dir={out}", f"train.max_steps={args.warmup + args.steps}", f"train.batch_size={args.batch}",
         f"train.micro_batch_size={args.batch}", "train.save_every=0", "train.progress=false", f"train.threads={args.threads}",
@@ -94,7 +92,7 @@ def run_trl(args) -> dict:
             stamps.append(time.perf_counter())
 
     config = RewardConfig(
-        output_dir=tempfile.mkdtemp(prefix="bench-rm-trl-"), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
+        output_dir=scratch_dir(prefix="bench-rm-trl-"), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
         max_steps=args.warmup + args.steps, learning_rate=1e-5, bf16=False, fp16=False, gradient_checkpointing=False,
         logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True, max_length=args.max_length,
         center_rewards_coefficient=0.01, disable_tqdm=True, dataloader_num_workers=0, seed=0,
@@ -107,8 +105,7 @@ def run_trl(args) -> dict:
 
 def child(args) -> None:
     result = (run_tether if args.side == "tether" else run_trl)(args)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(result), flush=True)
+    report(result)
 
 
 def main() -> None:
@@ -128,13 +125,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {"tether": [], "trl": []}
     for r in range(args.rounds):
         for side in (("tether", "trl") if r % 2 == 0 else ("trl", "tether")):
-            cmd = [sys.executable, __file__, "--side", side, *sys.argv[1:]]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-            line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-            if proc.returncode or not line:
-                print(proc.stdout[-2000:], proc.stderr[-4000:])
-                raise SystemExit(f"{side} failed")
-            results[side].append(json.loads(line[0][7:]))
+            results[side].append(run_side(__file__, side, sys.argv[1:], args.threads))
             print(f"round {r + 1} {side}: {results[side][-1]}", flush=True)
     med = {s: statistics.median(x["pairs_per_second"] for x in v) for s, v in results.items()}
     rss = {s: max(x["peak_rss_mb"] for x in v) for s, v in results.items()}

@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+from harness import report, run_side, scratch_dir  # noqa: E402
 
 SEED = 0
 LR = 1e-5
@@ -67,7 +65,7 @@ def run_tether(args) -> dict:
     from tether.trainers.offline import fit
     from tether.trainers.sft import SFTObjective
 
-    out = tempfile.mkdtemp(prefix="bench-sft-tether-")
+    out = scratch_dir(prefix="bench-sft-tether-")
     cfg = load_config(SFTConfig, None, [
         f"train.output_dir={out}", f"train.max_steps={args.warmup + args.steps}", f"train.batch_size={args.batch}",
         f"train.micro_batch_size={args.batch}", "train.save_every=0", "train.progress=false", f"train.threads={args.threads}",
@@ -112,7 +110,7 @@ def run_trl(args) -> dict:
             stamps.append(time.perf_counter())
 
     config = SFTConfig(
-        output_dir=tempfile.mkdtemp(prefix="bench-sft-trl-"), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
+        output_dir=scratch_dir(prefix="bench-sft-trl-"), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
         max_steps=args.warmup + args.steps, learning_rate=LR, bf16=False, fp16=False, gradient_checkpointing=False,
         logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True, max_length=args.max_length,
         packing=args.trl_packing, padding_free=args.trl_padding_free, train_sampling_strategy="sequential",
@@ -130,18 +128,8 @@ def run_trl(args) -> dict:
 def child(args) -> None:
     result = (run_tether if args.side == "tether" else run_trl)(args)
     result["tokens_per_second"] = result["tokens"] / result["seconds"]
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(result), flush=True)
+    report(result)
 
-
-def _run_side(side: str, args, argv: list[str]) -> dict:
-    cmd = [sys.executable, __file__, "--side", side, *argv]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    if proc.returncode or not line:
-        print(proc.stdout[-2000:], proc.stderr[-4000:])
-        raise SystemExit(f"{side} failed")
-    return json.loads(line[0][len("RESULT ") :])
 
 
 def main() -> None:
@@ -167,7 +155,7 @@ def main() -> None:
     print(f"{'round':>5} {'side':<7} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'peak RSS MB':>12}", flush=True)
     for r in range(args.rounds):
         for side in (("tether", "trl") if r % 2 == 0 else ("trl", "tether")):
-            res = _run_side(side, args, argv)
+            res = run_side(__file__, side, argv, args.threads)
             results[side].append(res)
             print(f"{r + 1:>5} {side:<7} {res['tokens']:>7} {res['seconds']:>8.2f} {res['tokens_per_second']:>8.1f} {res['peak_rss_mb']:>12.0f}", flush=True)
     tps = {s: statistics.median(x["tokens_per_second"] for x in v) for s, v in results.items()}

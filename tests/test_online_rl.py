@@ -16,7 +16,7 @@ from tether.config import from_dict
 
 torch.set_num_threads(1)
 
-from toy_rewards import LowercaseReward  # noqa: E402
+from toy_rewards import LowercaseReward, run_through_and_resumed  # noqa: E402
 
 
 def _common(tmp_path, name, steps, **train):
@@ -116,6 +116,7 @@ def test_shared_prompt_response_batch_equals_padded_rows():
         (padded, h_pad, lp_pad, g_pad), (shared, h_sh, lp_sh, g_sh) = results[False], results[True]
         expected = rollout.logprobs if rows is None else rollout.logprobs[rows]
         torch.testing.assert_close(lp_sh, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lp_pad, expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(h_sh[shared.mask], h_pad[padded.mask], atol=1e-5, rtol=1e-5)
         for name, g in g_pad.items():
             torch.testing.assert_close(g_sh[name], g, atol=1e-5, rtol=1e-4, msg=name)
@@ -176,60 +177,31 @@ def _ppo_cfg(tmp_path, name):
 
 
 def test_ppo_resume_after_interruption_matches_uninterrupted_run(tmp_path):
-    from dataclasses import replace
-
+    """Policy, value head, optimizer, adaptive KL controller and RNG all come back from the checkpoint."""
     from safetensors.torch import load_file
 
     from tether.trainers.ppo import run_ppo
 
-    full = _ppo_cfg(tmp_path, "full")
-    run_ppo(full, reward_source=LowercaseReward())
-
-    cut = _ppo_cfg(tmp_path, "cut")
-    with pytest.raises(KeyboardInterrupt):
-        run_ppo(cut, reward_source=LowercaseReward(fail_on_call=3))  # dies scoring step 3, after the step-2 checkpoint
-    run_ppo(replace(cut, train=replace(cut.train, resume=True)), reward_source=LowercaseReward())
-
-    a = load_file(f"{full.train.output_dir}/model/model.safetensors")
-    b = load_file(f"{cut.train.output_dir}/model/model.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
-    va = load_file(f"{full.train.output_dir}/model/value_head.safetensors")
-    vb = load_file(f"{cut.train.output_dir}/model/value_head.safetensors")
+    full, cut = run_through_and_resumed(run_ppo, lambda name: _ppo_cfg(tmp_path, name))
+    va = load_file(f"{full}/model/value_head.safetensors")
+    vb = load_file(f"{cut}/model/value_head.safetensors")
     for k in va:
         torch.testing.assert_close(va[k], vb[k], rtol=0, atol=0)
     assert va["linear.weight"].abs().sum() > 0  # the value head trained
-    la = [json.loads(line) for line in open(f"{full.train.output_dir}/metrics.jsonl")]
-    lb = [json.loads(line) for line in open(f"{cut.train.output_dir}/metrics.jsonl")]
+    la = [json.loads(line) for line in open(f"{full}/metrics.jsonl")]
+    lb = [json.loads(line) for line in open(f"{cut}/metrics.jsonl")]
     assert [r["kl/coef"] for r in la] == [r["kl/coef"] for r in lb[-len(la) :]]
 
 
 def test_grpo_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     """The critic-free loop restores policy, optimizer, KL controller and RNG like PPO does."""
-    from dataclasses import replace
-
-    from safetensors.torch import load_file
-
     from tether.trainers.critic_free import GRPOConfig, run_grpo
 
     def cfg(name):
         raw = _common(tmp_path, name, 4, prompts_per_step=2, samples_per_prompt=3, epochs=2, minibatch_size=3, lr=1e-3, save_every=2)
         return from_dict(GRPOConfig, raw)
 
-    full = cfg("full")
-    run_grpo(full, reward_source=LowercaseReward())
-    cut = cfg("cut")
-    with pytest.raises(KeyboardInterrupt):
-        run_grpo(cut, reward_source=LowercaseReward(fail_on_call=3))
-    run_grpo(replace(cut, train=replace(cut.train, resume=True)), reward_source=LowercaseReward())
-    a = load_file(f"{full.train.output_dir}/model/model.safetensors")
-    b = load_file(f"{cut.train.output_dir}/model/model.safetensors")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
-    la = [json.loads(line)["reward/mean"] for line in open(f"{full.train.output_dir}/metrics.jsonl")]
-    lb = [json.loads(line)["reward/mean"] for line in open(f"{cut.train.output_dir}/metrics.jsonl")]
-    assert la == lb[-len(la) :]
+    run_through_and_resumed(run_grpo, cfg)
 
 
 def test_saved_policy_loads_with_transformers_and_value_head(tmp_path):

@@ -19,7 +19,8 @@ def _model(objectives=("reward",), seed=0):
 
 def test_last_token_index_by_hand():
     """Sequences of 3 and 5 tokens, right-padded to width 5: last tokens at flat 0*5+2 = 2 and 1*5+4 = 9.
-    Packed in one row of 8 (longest first: the 5-token one at 0..4, the 3-token one at 5..7): 4 and 7."""
+    Packed, rows are no wider than the longest sequence (5): the 5-token one is row 0, the 3-token
+    one row 1 (flat 5..7): 4 and 7."""
     seqs = [([1, 2, 3], 1), ([4, 5, 6, 7, 8], 2)]
     padded = collate([seqs], pad_id=0)
     assert last_token_index(padded).tolist() == [2, 9]

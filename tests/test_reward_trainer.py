@@ -107,7 +107,6 @@ def test_ensemble_spread_is_larger_off_distribution(tmp_path):
     (Full fine-tuned members of the tiny random model overfit each in its own way and do not pass
     this test; the LoRA layout, one frozen backbone, is the one that gives a usable signal here.)
     """
-    lora = True
     data = _pairs_file(tmp_path / "pairs.jsonl", n=64)
     extra = {"rm.ensemble_size": "3", "rm.centering_coef": "0.1", "lora.enabled": "true", "lora.r": "8", "lora.alpha": "16", "train.lr": "1e-2"}
     run_rm_train(_cfg(data, tmp_path / "run", steps=25, **extra))

@@ -14,8 +14,8 @@ def test_layout_by_hand():
     branch attends to 5 and itself, not to the chosen branch. Targets: 6 -> 7, 7 -> 8 (chosen,
     sequence 0) and 6 -> 9 (rejected, sequence 1). Last tokens: chosen at 3, rejected at 5.
     A second example whose slots have different prompts ([1] + [2], [3] + [4]) is two separate
-    2-token segments. First fit longest first with rows of 6 tokens: row 0 = the pair, row 1 =
-    both 2-token segments (positions 0, 1, 0, 1), so its last tokens are at flat 6 + 1 and 6 + 3."""
+    2-token segments. With rows of 6 tokens the pair is a row of its own and the two 2-token
+    segments share row 1 (positions 0, 1, 0, 1), so its last tokens are at flat 6 + 1 and 6 + 3."""
     pair = [([5, 6, 7, 8], 2), ([5, 6, 9], 2)]
     unshared = [([1, 2], 1), ([3, 4], 1)]
     batch = collate_shared_prefix([pair, unshared], pad_id=0, row_tokens=6)

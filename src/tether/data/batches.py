@@ -150,6 +150,6 @@ def collate(groups: Sequence[Sequence[tuple[Sequence[int], int]]], pad_id: int, 
     if pack:
         # Rows no wider than the longest sequence: packed attention runs over a dense [T, T] mask per
         # row, so wider rows cost more attention than the padded layout for the same tokens, while
-        # first-fit into the longest length already leaves little padding.
+        # balanced rows of the longest length already leave little padding.
         return pack_batch(ids, plens, pad_id, min(row_tokens, max(len(s) for s in ids)))
     return pad_batch(ids, plens, pad_id)

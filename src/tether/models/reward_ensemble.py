@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tether.models.reward import RewardModel, activate_adapter
+from tether.models.reward import RewardModel
 
 ENSEMBLE_FILE = "reward_ensemble.json"
 

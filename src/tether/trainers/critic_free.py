@@ -91,33 +91,25 @@ class RLOOConfig(OnlineSections):
 
 def run_critic_free(cfg, kind: CriticFree, reward_source=None, gold_source=None) -> dict:
     """The GRPO / RLOO loop; saves ``<output_dir>/model`` and returns the summary rows."""
-    from tether.evaluate.monitors import Monitors
     from tether.losses.policy import grpo_loss, ppo_clip_loss
     from tether.losses.reduce import masked_mean, token_mean_global
     from tether.rl.kl import kl_estimate
-    from tether.trainers.common import RunLogger, ensure_finite
+    from tether.trainers.common import ensure_finite
     from tether.trainers.online import (
         ResponseBatch,
+        StepState,
         Timer,
         build_optimizer,
         build_scheduler,
-        checkpoint_extra,
-        finish_run,
-        held_out,
-        log_step,
+        collect,
         make_kl_controller,
         minibatches,
-        out_of_time,
-        prepare_output,
+        optimizer_step,
         response_hidden,
         response_logprobs,
         rollout_metrics,
-        sample_responses,
-        score,
         single_update,
         start_run,
-        step_generator,
-        resume_or_begin,
     )
 
     spec = CRITIC_FREE[kind]
@@ -133,36 +125,21 @@ def run_critic_free(cfg, kind: CriticFree, reward_source=None, gold_source=None)
     optimizer = build_optimizer([{"params": params}], t)
     scheduler = build_scheduler(optimizer, t.steps, t)
     kl_ctl = make_kl_controller(kl_cfg)
-    monitors = Monitors(t.monitor_window)
-    checkpoints, latest = prepare_output(t.output_dir, t.resume, t.keep_checkpoints)
-    start_step, history, before = resume_or_begin(checkpoints, latest, run.policy, optimizer, scheduler, kl_ctl, monitors)
-    if start_step == 0:
-        before = held_out(run, cfg)
-        if before:
-            print(f"held-out before training: {before}")
+    state = StepState(run, cfg, run.policy, optimizer, scheduler, kl_ctl, kind.value, started)
     temperature, chunk = cfg.sampling.temperature, cfg.model.chunk_size
     # With one pass of one minibatch the sampling policy is the current one: the ratio is exactly 1
     # and the rollout's own log-probs serve as the old ones, saving a forward pass.
     one_update = single_update(t, t.prompts_per_step * group)
-    logger = RunLogger(t.output_dir, t.steps, start_step, progress=t.progress, title=kind.value)
     run.policy.train()
-    loop_started = time.time()
-    done = start_step
-    for step in range(start_step, t.steps):
+    for step in range(state.start_step, t.steps):
         timer = Timer()
-        prompts = [run.train_prompts[i] for i in run.plan.indices(step)]
-        with timer("generate"):
-            rollout = sample_responses(run.policy, run.tokenizer, prompts, group, run.params, step_generator(t.seed, step))
-        with timer("score"):
-            scores, extras = score(run.source, prompts, rollout.texts, group, cfg.reward.clip)  # [B]
-            gold = score(run.gold, prompts, rollout.texts, group)[0] if run.gold is not None else None  # [B]
-        batch = ResponseBatch.from_rollout(rollout, run.pad_id)
-        mask = batch.mask  # [B, Tr]
+        got = collect(run, cfg, step, timer)
+        rollout, scores, mask = got.rollout, got.scores, got.batch.mask  # mask: [B, Tr]
         old_lp = rollout.logprobs.float()  # [B, Tr], under softmax(logits / temperature)
         ref_lp = kl = None  # no reference: β is fixed at 0
         if run.reference is not None:
             with timer("reference"):
-                ref_lp = run.reference.logprobs(run.policy, batch, temperature, chunk)  # [B, Tr]
+                ref_lp = run.reference.logprobs(run.policy, got.batch, temperature, chunk)  # [B, Tr]
             kl = torch.where(mask, kl_estimate(cfg.kl.estimator, old_lp, ref_lp), torch.zeros(()))  # [B, Tr]
         rewards = scores if spec.kl_in_loss or kl is None else scores - kl_ctl.value * kl.sum(1)  # [B]
         advantages = spec.advantages(rewards, group, section)  # [B]
@@ -183,15 +160,11 @@ def run_critic_free(cfg, kind: CriticFree, reward_source=None, gold_source=None)
                         losses, lm = ppo_clip_loss(logprobs, old, advantages[rows], m, clip_eps=section.clip_eps)
                     loss = token_mean_global(losses, m, m.sum().clamp(min=1))
                     ensure_finite(loss.detach(), step + 1)
-                    loss.backward()
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
                     updates += 1
                     piece = {
+                        "grad_norm": optimizer_step(loss, params, optimizer, t.max_grad_norm),
                         "loss/total": float(loss.detach()),
                         "policy/entropy": float(masked_mean(entropy, m)),
-                        "grad_norm": float(grad_norm),
                     }
                     if not one_update:  # else the ratio is 1: both 0 by construction
                         piece["policy/approx_kl"] = float(lm["approx_kl"])
@@ -202,25 +175,16 @@ def run_critic_free(cfg, kind: CriticFree, reward_source=None, gold_source=None)
             metrics["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
 
-        metrics.update(rollout_metrics(rollout, scores, kl, gold))
-        metrics.update(extras)
+        metrics.update(rollout_metrics(rollout, scores, kl, got.gold))
+        metrics.update(got.extras)
         metrics.update(timer.metrics())
         metrics["kl/coef"] = kl_ctl.value
         metrics["advantage/abs_mean"] = float(advantages.abs().mean())
         # Groups whose responses all scored the same carry no signal; many of them mean too easy or hard prompts.
         metrics["reward/zero_std_groups"] = float((scores.view(-1, group).std(1) == 0).float().mean())
-        if "kl/ref" in metrics:  # absent only without a reference, where β stays 0
-            kl_ctl.update(metrics["kl/ref"], len(rollout.texts))
-        log_step(logger, history, monitors, step + 1, metrics)
-        done = step + 1
-        if out_of_time(cfg, loop_started):
-            logger.print(f"train.max_minutes={t.max_minutes} reached after step {done}; stopping")
+        if state.end_step(step, metrics, len(rollout.texts)):
             break
-        if t.save_every and done % t.save_every == 0 and done < t.steps:
-            checkpoints.save(done, run.policy, optimizer, scheduler, checkpoint_extra(kl_ctl, monitors, history, before))
-
-    checkpoints.save(done, run.policy, optimizer, scheduler, checkpoint_extra(kl_ctl, monitors, history, before))
-    return finish_run(run, cfg, logger, history, monitors, before, started, kind.value, done)
+    return state.finish()
 
 
 def run_grpo(cfg: GRPOConfig, reward_source=None, gold_source=None) -> dict:

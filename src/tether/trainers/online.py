@@ -550,6 +550,88 @@ def out_of_time(cfg, loop_started: float) -> bool:
     return budget is not None and (time.time() - loop_started) / 60 >= budget
 
 
+@dataclass
+class Collected:
+    """One step's rollout and its scores: the first half of every online step."""
+
+    prompts: list
+    rollout: object  # tether.rollout.Rollout, [B] replies, B = prompts x samples_per_prompt
+    scores: torch.Tensor  # [B] proxy reward (clipped to reward.clip)
+    extras: dict[str, float]  # what the reward source reports beside the scores
+    gold: torch.Tensor | None  # [B] gold judge's scores, when one is configured
+    batch: ResponseBatch  # all B replies, for the reference and old-policy passes
+
+
+def collect(run: RunSetup, cfg, step: int, timer: Timer) -> Collected:
+    """This step's prompts, ``samples_per_prompt`` replies to each, and their scores."""
+    t = cfg.train
+    group = t.samples_per_prompt
+    prompts = [run.train_prompts[i] for i in run.plan.indices(step)]
+    with timer("generate"):
+        rollout = sample_responses(run.policy, run.tokenizer, prompts, group, run.params, step_generator(t.seed, step))
+    with timer("score"):
+        scores, extras = score(run.source, prompts, rollout.texts, group, cfg.reward.clip)  # [B]
+        gold = score(run.gold, prompts, rollout.texts, group)[0] if run.gold is not None else None  # [B]
+    return Collected(prompts, rollout, scores, extras, gold, ResponseBatch.from_rollout(rollout, run.pad_id))
+
+
+def optimizer_step(loss: torch.Tensor, params, optimizer, max_grad_norm: float) -> float:
+    """Backward, clip to ``max_grad_norm`` (<= 0: only measure), step and clear; returns the norm before clipping."""
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
+class StepState:
+    """What an online run carries from step to step besides the weights, and the bookkeeping
+    around each step: resume (or the held-out evaluation before training), logging and
+    monitors, the KL controller's update, periodic and final checkpoints, the time budget.
+    ``modules`` is what checkpoints hold (the policy, or PPO's policy + value head)."""
+
+    def __init__(self, run: RunSetup, cfg, modules, optimizer, scheduler, kl_ctl, title: str, started: float):
+        from tether.evaluate.monitors import Monitors
+        from tether.trainers.common import RunLogger
+
+        t = cfg.train
+        self.run, self.cfg, self.modules, self.title = run, cfg, modules, title
+        self.optimizer, self.scheduler, self.kl_ctl = optimizer, scheduler, kl_ctl
+        self.started = started  # before loading: the summary's seconds count the whole run
+        self.monitors = Monitors(t.monitor_window)
+        self.checkpoints, latest = prepare_output(t.output_dir, t.resume, t.keep_checkpoints)
+        self.start_step, self.history, self.before = resume_or_begin(self.checkpoints, latest, modules, optimizer, scheduler, kl_ctl, self.monitors)
+        if self.start_step == 0:
+            self.before = held_out(run, cfg)
+            if self.before:
+                print(f"held-out before training: {self.before}")
+        self.logger = RunLogger(t.output_dir, t.steps, self.start_step, progress=t.progress, title=title)
+        self.done = self.start_step
+        self.loop_started = time.time()
+
+    def _save(self) -> None:
+        self.checkpoints.save(self.done, self.modules, self.optimizer, self.scheduler, checkpoint_extra(self.kl_ctl, self.monitors, self.history, self.before))
+
+    def end_step(self, step: int, metrics: dict[str, float], samples: int) -> bool:
+        """Log step ``step`` (0-based) and checkpoint when due; True when ``train.max_minutes`` is spent."""
+        t = self.cfg.train
+        if "kl/ref" in metrics:  # absent only without a reference, where β stays 0
+            self.kl_ctl.update(metrics["kl/ref"], samples)
+        log_step(self.logger, self.history, self.monitors, step + 1, metrics)
+        self.done = step + 1
+        if out_of_time(self.cfg, self.loop_started):
+            self.logger.print(f"train.max_minutes={t.max_minutes} reached after step {self.done}; stopping")
+            return True
+        if t.save_every and self.done % t.save_every == 0 and self.done < t.steps:
+            self._save()
+        return False
+
+    def finish(self) -> dict:
+        """The last checkpoint, the held-out evaluation after training, the saved model and summary."""
+        self._save()
+        return finish_run(self.run, self.cfg, self.logger, self.history, self.monitors, self.before, self.started, self.title, self.done)
+
+
 def finish_run(run: RunSetup, cfg, logger, history, monitors, before, started: float, title: str, steps_done: int) -> dict:
     """Held-out evaluation after training, the final model in HF format, summary.json."""
     from tether.models import save_model
@@ -571,4 +653,4 @@ def finish_run(run: RunSetup, cfg, logger, history, monitors, before, started: f
     return rows
 
 
-__all__ += ["RunSetup", "finish_run", "held_out", "log_step", "out_of_time", "single_update", "start_run", "uses_reference"]
+__all__ += ["Collected", "RunSetup", "StepState", "collect", "finish_run", "optimizer_step", "held_out", "log_step", "out_of_time", "single_update", "start_run", "uses_reference"]

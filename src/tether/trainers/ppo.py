@@ -125,34 +125,26 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
     ``reward_source`` / ``gold_source`` (objects with ``score(prompts, responses)``) replace
     ``reward.source`` / ``reward.gold`` when given (Python callers, tests).
     """
-    from tether.evaluate.monitors import Monitors
     from tether.losses.policy import ppo_clip_loss
     from tether.losses.reduce import masked_mean, token_mean_global
     from tether.losses.value import clipped_value_loss, explained_variance
     from tether.models import save_model
     from tether.rl.advantages import gae, kl_penalized_rewards, whiten
-    from tether.trainers.common import RunLogger, ensure_finite, trainable_parameters
+    from tether.trainers.common import ensure_finite, trainable_parameters
     from tether.trainers.online import (
         ResponseBatch,
+        StepState,
         Timer,
         build_optimizer,
         build_scheduler,
-        checkpoint_extra,
+        collect,
         entropy_surrogate,
-        finish_run,
-        held_out,
-        log_step,
         make_kl_controller,
         minibatches,
-        out_of_time,
-        prepare_output,
+        optimizer_step,
         rollout_metrics,
-        sample_responses,
-        score,
         single_update,
         start_run,
-        step_generator,
-        resume_or_begin,
     )
 
     started = time.time()
@@ -168,31 +160,16 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
     optimizer = build_optimizer([{"params": policy_params}, {"params": modules.value_parameters(), "lr": p.value_lr or t.lr}], t)
     scheduler = build_scheduler(optimizer, t.steps, t)
     kl_ctl = make_kl_controller(cfg.kl)
-    monitors = Monitors(t.monitor_window)
-    checkpoints, latest = prepare_output(t.output_dir, t.resume, t.keep_checkpoints)
-    start_step, history, before = resume_or_begin(checkpoints, latest, modules, optimizer, scheduler, kl_ctl, monitors)
-    if start_step == 0:
-        before = held_out(run, cfg)
-        if before:
-            print(f"held-out before training: {before}")
+    state = StepState(run, cfg, modules, optimizer, scheduler, kl_ctl, "ppo", started)
     params = [q for q in trainable_parameters(modules).values()]
     temperature, chunk = cfg.sampling.temperature, cfg.model.chunk_size
-    group = t.samples_per_prompt
     # One update on the sampling policy: approx-KL and clip fraction are 0 by construction, so unlogged.
-    ratio_metrics = not single_update(t, t.prompts_per_step * group)
-    logger = RunLogger(t.output_dir, t.steps, start_step, progress=t.progress, title="ppo")
+    ratio_metrics = not single_update(t, t.prompts_per_step * t.samples_per_prompt)
     modules.train()
-    loop_started = time.time()
-    done = start_step
-    for step in range(start_step, t.steps):
+    for step in range(state.start_step, t.steps):
         timer = Timer()
-        prompts = [run.train_prompts[i] for i in run.plan.indices(step)]
-        with timer("generate"):
-            rollout = sample_responses(run.policy, run.tokenizer, prompts, group, run.params, step_generator(t.seed, step))
-        with timer("score"):
-            scores, extras = score(run.source, prompts, rollout.texts, group, cfg.reward.clip)  # [B]
-            gold = score(run.gold, prompts, rollout.texts, group)[0] if run.gold is not None else None  # [B]
-        batch = ResponseBatch.from_rollout(rollout, run.pad_id)
+        got = collect(run, cfg, step, timer)
+        rollout, scores, batch = got.rollout, got.scores, got.batch
         mask = batch.mask  # [B, Tr]
         with timer("reference+value"), torch.no_grad():
             ref_lp = run.reference.logprobs(run.policy, batch, temperature, chunk) if run.reference is not None else None  # [B, Tr]
@@ -220,19 +197,15 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
                         per_token = per_token - p.entropy_coef * entropy_surrogate(logprobs)
                     loss = token_mean_global(per_token, m, m.sum().clamp(min=1))
                     ensure_finite(loss.detach(), step + 1)
-                    loss.backward()
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
                     updates += 1
                     piece = {
+                        "grad_norm": optimizer_step(loss, params, optimizer, t.max_grad_norm),
                         "loss/total": float(loss.detach()),
                         "loss/policy": float(masked_mean(pg_losses.detach(), m)),
                         "loss/value": float(masked_mean(v_losses.detach(), m)),
                         "policy/approx_kl": float(pg_metrics["approx_kl"]),
                         "policy/clip_frac": float(pg_metrics["clipfrac"]),
                         "value/clip_frac": float(v_metrics["value/clipfrac"]),
-                        "grad_norm": float(grad_norm),
                     }
                     for k, v in piece.items():
                         if ratio_metrics or k not in ("policy/approx_kl", "policy/clip_frac"):
@@ -246,8 +219,8 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
             metrics["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
 
-        metrics.update(rollout_metrics(rollout, scores, kl if ref_lp is not None else None, gold))
-        metrics.update(extras)
+        metrics.update(rollout_metrics(rollout, scores, kl if ref_lp is not None else None, got.gold))
+        metrics.update(got.extras)
         metrics.update(timer.metrics())
         metrics.update(
             {
@@ -259,18 +232,10 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
                 "early_stopped": float(early_stop),
             }
         )
-        if "kl/ref" in metrics:  # absent only without a reference, where β stays 0
-            kl_ctl.update(metrics["kl/ref"], len(rollout.texts))
-        log_step(logger, history, monitors, step + 1, metrics)
-        done = step + 1
-        if out_of_time(cfg, loop_started):
-            logger.print(f"train.max_minutes={t.max_minutes} reached after step {done}; stopping")
+        if state.end_step(step, metrics, len(rollout.texts)):
             break
-        if t.save_every and done % t.save_every == 0 and done < t.steps:
-            checkpoints.save(done, modules, optimizer, scheduler, checkpoint_extra(kl_ctl, monitors, history, before))
 
-    checkpoints.save(done, modules, optimizer, scheduler, checkpoint_extra(kl_ctl, monitors, history, before))
-    rows = finish_run(run, cfg, logger, history, monitors, before, started, "ppo", done)
+    rows = state.finish()
     out = Path(t.output_dir)
     if critic is None:
         save_value_head(modules.value_head, out / "model")
