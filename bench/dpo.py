@@ -90,6 +90,7 @@ def _tether_run(args, loss: str, examples) -> dict:
 
     out = scratch_dir(prefix=f"bench-dpo-{loss}-")
     model_dir = _model_dir(args)  # before TETHER_CACHE moves: the default model's converted copy lives in the real cache
+    real_cache = os.environ.get("TETHER_CACHE")
     os.environ["TETHER_CACHE"] = scratch_dir(prefix="bench-dpo-cache-")  # cold: the reference pass really runs
     cfg = load_config(DPOConfig, None, [
         f"model.name_or_path={model_dir}", f"dpo.loss={loss}", f"dpo.beta={BETA}", "dpo.reference=cached",
@@ -108,6 +109,11 @@ def _tether_run(args, loss: str, examples) -> dict:
     needs_pass = objective.spec.needs_reference
     for used in (out, os.environ["TETHER_CACHE"]):  # a checkpoint of the default model is ~1 GB; the variants make ten
         shutil.rmtree(used, ignore_errors=True)
+    # Back to the real cache, so the next run in this process (the variants) finds the converted default model there.
+    if real_cache is None:
+        del os.environ["TETHER_CACHE"]
+    else:
+        os.environ["TETHER_CACHE"] = real_cache
     return {
         "ref_seconds": ref_seconds if needs_pass else 0.0,
         "ref_examples": len(examples) if needs_pass else 0,
