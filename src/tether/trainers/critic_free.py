@@ -97,20 +97,17 @@ def run_critic_free(cfg, kind: CriticFree, reward_source=None, gold_source=None)
     from tether.trainers.common import ensure_finite
     from tether.trainers.online import (
         ResponseBatch,
-        StepState,
         Timer,
         build_optimizer,
         build_scheduler,
-        collect,
         make_kl_controller,
         minibatches,
-        optimizer_step,
         response_hidden,
         response_logprobs,
         rollout_metrics,
         single_update,
-        start_run,
     )
+    from tether.trainers.online_run import StepState, collect, optimizer_step, start_run
 
     spec = CRITIC_FREE[kind]
     section = getattr(cfg, kind.value)

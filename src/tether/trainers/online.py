@@ -7,6 +7,7 @@ A step of any of these algorithms reads the same way:
 
 and only the advantages and the loss differ. Those stay in each algorithm's own loop
 (``tether.trainers.ppo``, ``tether.trainers.critic_free``); what is here has no algorithm in it.
+The start and end of a run and the bookkeeping around each step live in ``tether.trainers.online_run``.
 
 Response tensors are laid out like a ``Rollout``: [B, Tr], row b is response b, column t its
 t-th generated token, ``mask`` True on generated tokens (including the eos that ended it).
@@ -399,39 +400,6 @@ def rollout_metrics(rollout, scores: torch.Tensor, kl: torch.Tensor | None, gold
     return out
 
 
-def print_monitor_warnings(logger, warnings) -> None:
-    for w in warnings:
-        logger.print(f"[bold yellow]{w.line()}[/]")
-
-
-def checkpoint_extra(kl_ctl, monitors, history: dict[str, list[float]], before: dict | None) -> dict:
-    return {"kl_controller": kl_ctl.state_dict(), "monitors": monitors.state_dict(), "history": history, "eval_before": before}
-
-
-def trim_history(history: dict[str, list[float]], steps: int) -> None:
-    for values in history.values():
-        del values[steps:]
-
-
-def prepare_output(output_dir: str, resume: bool, keep: int = 2):
-    """(Checkpointer, latest checkpoint or None); a fresh run clears an earlier run's state."""
-    from tether.trainers.common import open_checkpoints
-
-    return open_checkpoints(output_dir, resume, keep)
-
-
-def resume_or_begin(checkpoints, latest, modules, optimizer, scheduler, kl_ctl, monitors) -> tuple[int, dict[str, list[float]], dict | None]:
-    """Restore a run from ``latest`` (or start at step 0): (start step, metric history, held-out figures before training)."""
-    if latest is None:
-        return 0, {}, None
-    start_step, extra = checkpoints.load(latest, modules, optimizer, scheduler)
-    kl_ctl.load_state_dict(extra["kl_controller"])
-    monitors.load_state_dict(extra["monitors"])
-    history, before = extra["history"], extra["eval_before"]
-    trim_history(history, start_step)
-    print(f"resumed from {latest} at step {start_step}")
-    return start_step, history, before
-
 
 def build_scheduler(optimizer, total_updates: int, cfg: OnlineTrainConfig):
     from tether.trainers.common import warmup_cosine
@@ -482,175 +450,7 @@ __all__ = [
     "rollout_metrics",
     "sample_responses",
     "score",
+    "single_update",
     "step_generator",
+    "uses_reference",
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Start and end of a run (the loop in between belongs to each algorithm)
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunSetup:
-    policy: torch.nn.Module
-    tokenizer: object
-    reference: Reference | None  # None when the KL coefficient is fixed at 0 (see uses_reference)
-    source: object
-    gold: object | None
-    train_prompts: list
-    eval_prompts: list
-    params: object  # SamplingParams
-    plan: object  # StepPlan over train prompts
-    pad_id: int
-
-
-def start_run(cfg, reward_source=None, gold_source=None, kl: KLConfig | None = None) -> RunSetup:
-    """Seed, load the policy (and its reference, before any checkpoint changes the weights),
-    the reward sources and the prompts. ``kl``: the KL settings in effect (default ``cfg.kl``;
-    GRPO's β lives in its own section); no reference is built when they never need one."""
-    from tether.config import save_yaml
-    from tether.rollout.engine import pad_token_id
-    from tether.trainers.common import StepPlan, configure_threads, load_trainable_model, set_seed
-
-    configure_threads(cfg.train.threads)
-    set_seed(cfg.train.seed)
-    out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "config.yaml")
-    policy, tokenizer = load_trainable_model(cfg.model, cfg.lora, cfg.train.seed)
-    reference = Reference(cfg.kl.reference, policy, cfg.lora.enabled) if uses_reference(kl or cfg.kl) else None
-    source = reward_source if reward_source is not None else load_reward(cfg.reward.source, cfg.reward.uncertainty_penalty)
-    gold = gold_source if gold_source is not None else (load_reward(cfg.reward.gold) if cfg.reward.gold else None)
-    train_prompts, eval_prompts = load_prompts(cfg.data)
-    plan = StepPlan(len(train_prompts), cfg.train.prompts_per_step, 1.0, cfg.train.steps, cfg.train.seed)
-    return RunSetup(policy, tokenizer, reference, source, gold, train_prompts, eval_prompts, sampling_params(cfg.sampling), plan, pad_token_id(tokenizer))
-
-
-def held_out(run: RunSetup, cfg) -> dict[str, float] | None:
-    if not run.eval_prompts or cfg.data.eval_samples <= 0:
-        return None
-    return evaluate_held_out(
-        run.policy, run.tokenizer, run.eval_prompts, run.source, run.gold, run.params, cfg.data.eval_samples, cfg.data.split_seed, run.reference, cfg.sampling.temperature, cfg.model.chunk_size
-    )
-
-
-def log_step(logger, history: dict[str, list[float]], monitors, step: int, metrics: dict[str, float]) -> None:
-    """Append to the history, write the log line, run the monitors and print what fires."""
-    for k, v in metrics.items():
-        history.setdefault(k, []).append(float(v))
-    logger.log(step, metrics)
-    print_monitor_warnings(logger, monitors.check(step, history))
-    kl = f" kl {metrics['kl/ref']:.2f}" if "kl/ref" in metrics else ""
-    logger.advance(step, info=f"reward {metrics['reward/mean']:+.3f}{kl}")
-
-
-def out_of_time(cfg, loop_started: float) -> bool:
-    budget = cfg.train.max_minutes
-    return budget is not None and (time.time() - loop_started) / 60 >= budget
-
-
-@dataclass
-class Collected:
-    """One step's rollout and its scores: the first half of every online step."""
-
-    prompts: list
-    rollout: object  # tether.rollout.Rollout, [B] replies, B = prompts x samples_per_prompt
-    scores: torch.Tensor  # [B] proxy reward (clipped to reward.clip)
-    extras: dict[str, float]  # what the reward source reports beside the scores
-    gold: torch.Tensor | None  # [B] gold judge's scores, when one is configured
-    batch: ResponseBatch  # all B replies, for the reference and old-policy passes
-
-
-def collect(run: RunSetup, cfg, step: int, timer: Timer) -> Collected:
-    """This step's prompts, ``samples_per_prompt`` replies to each, and their scores."""
-    t = cfg.train
-    group = t.samples_per_prompt
-    prompts = [run.train_prompts[i] for i in run.plan.indices(step)]
-    with timer("generate"):
-        rollout = sample_responses(run.policy, run.tokenizer, prompts, group, run.params, step_generator(t.seed, step))
-    with timer("score"):
-        scores, extras = score(run.source, prompts, rollout.texts, group, cfg.reward.clip)  # [B]
-        gold = score(run.gold, prompts, rollout.texts, group)[0] if run.gold is not None else None  # [B]
-    return Collected(prompts, rollout, scores, extras, gold, ResponseBatch.from_rollout(rollout, run.pad_id))
-
-
-def optimizer_step(loss: torch.Tensor, params, optimizer, max_grad_norm: float) -> float:
-    """Backward, clip to ``max_grad_norm`` (<= 0: only measure), step and clear; returns the norm before clipping."""
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(grad_norm)
-
-
-class StepState:
-    """What an online run carries from step to step besides the weights, and the bookkeeping
-    around each step: resume (or the held-out evaluation before training), logging and
-    monitors, the KL controller's update, periodic and final checkpoints, the time budget.
-    ``modules`` is what checkpoints hold (the policy, or PPO's policy + value head)."""
-
-    def __init__(self, run: RunSetup, cfg, modules, optimizer, scheduler, kl_ctl, title: str, started: float):
-        from tether.evaluate.monitors import Monitors
-        from tether.trainers.common import RunLogger
-
-        t = cfg.train
-        self.run, self.cfg, self.modules, self.title = run, cfg, modules, title
-        self.optimizer, self.scheduler, self.kl_ctl = optimizer, scheduler, kl_ctl
-        self.started = started  # before loading: the summary's seconds count the whole run
-        self.monitors = Monitors(t.monitor_window)
-        self.checkpoints, latest = prepare_output(t.output_dir, t.resume, t.keep_checkpoints)
-        self.start_step, self.history, self.before = resume_or_begin(self.checkpoints, latest, modules, optimizer, scheduler, kl_ctl, self.monitors)
-        if self.start_step == 0:
-            self.before = held_out(run, cfg)
-            if self.before:
-                print(f"held-out before training: {self.before}")
-        self.logger = RunLogger(t.output_dir, t.steps, self.start_step, progress=t.progress, title=title)
-        self.done = self.start_step
-        self.loop_started = time.time()
-
-    def _save(self) -> None:
-        self.checkpoints.save(self.done, self.modules, self.optimizer, self.scheduler, checkpoint_extra(self.kl_ctl, self.monitors, self.history, self.before))
-
-    def end_step(self, step: int, metrics: dict[str, float], samples: int) -> bool:
-        """Log step ``step`` (0-based) and checkpoint when due; True when ``train.max_minutes`` is spent."""
-        t = self.cfg.train
-        if "kl/ref" in metrics:  # absent only without a reference, where β stays 0
-            self.kl_ctl.update(metrics["kl/ref"], samples)
-        log_step(self.logger, self.history, self.monitors, step + 1, metrics)
-        self.done = step + 1
-        if out_of_time(self.cfg, self.loop_started):
-            self.logger.print(f"train.max_minutes={t.max_minutes} reached after step {self.done}; stopping")
-            return True
-        if t.save_every and self.done % t.save_every == 0 and self.done < t.steps:
-            self._save()
-        return False
-
-    def finish(self) -> dict:
-        """The last checkpoint, the held-out evaluation after training, the saved model and summary."""
-        self._save()
-        return finish_run(self.run, self.cfg, self.logger, self.history, self.monitors, self.before, self.started, self.title, self.done)
-
-
-def finish_run(run: RunSetup, cfg, logger, history, monitors, before, started: float, title: str, steps_done: int) -> dict:
-    """Held-out evaluation after training, the final model in HF format, summary.json."""
-    from tether.models import save_model
-
-    logger.close()
-    after = held_out(run, cfg)
-    out = Path(cfg.train.output_dir)
-    save_model(run.policy, run.tokenizer, out / "model")
-    rows: dict = {"algorithm": title, "steps": steps_done, "seconds": round(time.time() - started, 1)}
-    for name, report in (("before", before), ("after", after)):
-        for k, v in (report or {}).items():
-            rows[f"held_out/{name}/{k}"] = v
-    for k, series in history.items():
-        if series:
-            rows[f"last/{k}"] = series[-1]
-    rows["monitor_warnings"] = monitors.summary()
-    logger.summary(f"{title} summary", rows)
-    print(f"saved model to {out / 'model'}")
-    return rows
-
-
-__all__ += ["Collected", "RunSetup", "StepState", "collect", "finish_run", "optimizer_step", "held_out", "log_step", "out_of_time", "single_update", "start_run", "uses_reference"]

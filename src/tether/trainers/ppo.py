@@ -133,19 +133,16 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
     from tether.trainers.common import ensure_finite, trainable_parameters
     from tether.trainers.online import (
         ResponseBatch,
-        StepState,
         Timer,
         build_optimizer,
         build_scheduler,
-        collect,
         entropy_surrogate,
         make_kl_controller,
         minibatches,
-        optimizer_step,
         rollout_metrics,
         single_update,
-        start_run,
     )
+    from tether.trainers.online_run import StepState, collect, optimizer_step, start_run
 
     started = time.time()
     run = start_run(cfg, reward_source, gold_source)
