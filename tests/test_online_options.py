@@ -123,18 +123,18 @@ def test_min_new_tokens_is_inert_without_stop_at_eos():
 def test_grpo_without_stop_at_eos_generates_max_new_tokens_every_time(tmp_path, monkeypatch):
     """sampling.stop_at_eos=false: every response of every step is exactly max_new_tokens long
     (checked on the rollouts themselves); one epoch of one minibatch logs no approx-KL / clip fraction."""
-    import tether.trainers.online as online
+    import tether.trainers.online_run as online_run  # collect() draws the step's replies through it
     from tether.trainers.critic_free import GRPOConfig, run_grpo
 
     seen = []
-    sample = online.sample_responses
+    sample = online_run.sample_responses
 
     def recording(*args, **kw):
         rollout = sample(*args, **kw)
         seen.append(rollout.response_lengths())
         return rollout
 
-    monkeypatch.setattr(online, "sample_responses", recording)
+    monkeypatch.setattr(online_run, "sample_responses", recording)
     raw = _raw(tmp_path, "full", 2, sampling={"stop_at_eos": False, "temperature": 3.0}, prompts_per_step=2, samples_per_prompt=3)
     run_grpo(from_dict(GRPOConfig, raw), reward_source=LowercaseReward())
     assert len(seen) == 2 and all((lengths == 6).all() for lengths in seen)
