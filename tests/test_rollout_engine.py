@@ -63,13 +63,17 @@ def test_logprobs_match_training_forward(pair, path, pack, temperature, top_k, t
     assert (rollout.logprobs[rollout.response_mask] <= 0).all()
 
 
-@pytest.mark.parametrize("head_block_rows", [1024, 100])
-def test_static_decoder_matches_fallback(pair, monkeypatch, head_block_rows):
-    """Same seed, same tokens and (to float rounding) same log-probs on both decode paths; with
-    100-row head blocks the tiny vocabulary (259) is split unevenly, as SmolLM2's is in 1024s."""
+@pytest.mark.parametrize("onednn", [True, False])
+def test_static_decoder_matches_fallback(pair, monkeypatch, onednn):
+    """Same seed, same tokens and (to float rounding) same log-probs on both decode paths, with
+    the weights packed for oneDNN (the CPU default) and used as given (GPUs, builds without it)."""
     from tether.rollout import llama_decoder
 
-    monkeypatch.setattr(llama_decoder, "HEAD_BLOCK_ROWS", head_block_rows)
+    if onednn and not llama_decoder._onednn_linear_available():
+        pytest.skip("this torch build has no oneDNN linear")
+    monkeypatch.setattr(llama_decoder, "_onednn_linear_available", lambda: onednn)
+    decoder = llama_decoder.LlamaStaticDecoder(pair[0], batch_size=2, max_length=8)
+    assert decoder.logits_of.packed is onednn and decoder.fused[0].qkv.packed is onednn
     model, tokenizer = pair
     assert resolve_path(model) is DecodePath.LLAMA_STATIC
     fast = run(model, tokenizer, path="llama_static", max_new_tokens=30, temperature=0.8)

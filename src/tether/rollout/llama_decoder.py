@@ -17,6 +17,8 @@ small model on a CPU that overhead is larger than the arithmetic. Here:
   LoRA-wrapped projection folds in its adapter (or leaves it out when the adapter is disabled)
   and a decode step runs 4 matrix products per layer instead of 7, or 21 with LoRA's extra two
   per projection. The cost is one copy of the layer weights while the decoder lives.
+* on CPU those weights (and the LM head's) are handed to oneDNN once, reordered into its blocked
+  layout for the decode batch size (see ``_Projection``).
 
 Grouped-query attention without repeating keys: the G query heads that share a key/value head
 are laid out as G query rows of that head, ``[B, Hkv, G * S, D]``, which is exactly how
@@ -36,10 +38,29 @@ import torch.nn.functional as F
 SUPPORTED_MODEL_TYPES = ("llama",)
 STATIC_ROPE_TYPES = ("default", "linear", "llama3")  # cos/sin depend on the position only
 
-# On CPU the LM head's weight (SmolLM2: 49152 x 576, 113 MB) is far larger than the caches, and one
-# [16, 576] x [576, 49152] product ran at 17 GFLOP/s here; in blocks of 1024 vocabulary rows (2.4 MB
-# of weight each) it ran about 1.7x faster (54 -> 32 ms per decode step at batch 16, 2 threads).
-HEAD_BLOCK_ROWS = 1024
+# On CPU a decode step multiplies [B, in] activations by every weight of the model, with B (the batch)
+# small; MKL's general matmul reached 24-35 GFLOP/s on those shapes here and oneDNN's linear, given
+# weights reordered once into its blocked layout for that B, 40-50 (this CPU's peak is about 67).
+# Over SmolLM2's projections and head that took a batch-16 step's matrix time from 131 to 92 ms.
+def _onednn_linear_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class _Projection:
+    """``x [..., in] -> x W^T + b [..., out]``. On CPU with oneDNN the weight is held only in
+    oneDNN's layout, packed for ``rows`` activation rows (any row count still works); elsewhere
+    it is used as given, ``[out, in]``."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int, packed: bool):
+        self.bias = bias
+        self.packed = packed
+        # [out, in]; packing copies, so a plain layer's own weight is never modified
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows) if packed else weight.detach()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
 
 
 def supports(model) -> bool:
@@ -63,22 +84,10 @@ def supports(model) -> bool:
 
 @dataclass
 class _FoldedLayer:
-    """Projection weights stored transposed, [in, out] (see ``_project``)."""
-
-    qkv: torch.Tensor  # [H, Hq*D + 2*Hkv*D]
-    qkv_bias: torch.Tensor | None
-    o: torch.Tensor  # [Hq*D, H]
-    o_bias: torch.Tensor | None
-    gate_up: torch.Tensor  # [H, 2*I]
-    gate_up_bias: torch.Tensor | None
-    down: torch.Tensor  # [I, H]
-    down_bias: torch.Tensor | None
-
-
-def _project(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x [..., in] @ weight_t [in, out] (+ bias) -> [..., out]."""
-    out = torch.matmul(x, weight_t)
-    return out if bias is None else out.add_(bias)
+    qkv: _Projection  # H -> Hq*D + 2*Hkv*D
+    o: _Projection  # Hq*D -> H
+    gate_up: _Projection  # H -> 2*I
+    down: _Projection  # I -> H
 
 
 def _affine(module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -105,14 +114,12 @@ def _stack(parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[torch
     return weight, torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in parts])
 
 
-def _fold_layer(layer) -> _FoldedLayer:
+def _fold_layer(layer, rows: int, packed: bool) -> _FoldedLayer:
     attn, mlp = layer.self_attn, layer.mlp
-    qkv, qkv_bias = _stack([_affine(attn.q_proj), _affine(attn.k_proj), _affine(attn.v_proj)])
-    gate_up, gate_up_bias = _stack([_affine(mlp.gate_proj), _affine(mlp.up_proj)])
-    o, o_bias = _affine(attn.o_proj)
-    down, down_bias = _affine(mlp.down_proj)
-    t = lambda w: w.t().contiguous()  # noqa: E731
-    return _FoldedLayer(t(qkv), qkv_bias, t(o), o_bias, t(gate_up), gate_up_bias, t(down), down_bias)
+    qkv = _stack([_affine(attn.q_proj), _affine(attn.k_proj), _affine(attn.v_proj)])
+    gate_up = _stack([_affine(mlp.gate_proj), _affine(mlp.up_proj)])
+    project = lambda weight_and_bias: _Projection(*weight_and_bias, rows, packed)  # noqa: E731
+    return _FoldedLayer(project(qkv), project(_affine(attn.o_proj)), project(gate_up), project(_affine(mlp.down_proj)))
 
 
 class LlamaStaticDecoder:
@@ -139,9 +146,10 @@ class LlamaStaticDecoder:
         self.key_bias = torch.zeros(batch_size, max_length, dtype=dtype, device=device)  # [B, T]
         self.max_length = max_length
         self.cos = self.sin = None  # [max_pos, D], filled at prefill once the largest position is known
-        self.fused = [_fold_layer(layer) for layer in self.layers]
-        biases = self.head.bias.split(HEAD_BLOCK_ROWS) if self.head.bias is not None else [None] * len(weight.split(HEAD_BLOCK_ROWS))
-        self.head_blocks = list(zip(weight.split(HEAD_BLOCK_ROWS), biases))  # views, no copy
+        packed = device.type == "cpu" and dtype == torch.float32 and _onednn_linear_available()
+        with torch.no_grad():
+            self.fused = [_fold_layer(layer, batch_size, packed) for layer in self.layers]
+            self.logits_of = _Projection(weight, self.head.bias, batch_size, packed)  # [B, H] -> [B, V]
         self.act = F.silu if getattr(config, "hidden_act", None) == "silu" else None  # None: the MLP's own act_fn
 
     def _rope_tables(self, largest_position: int) -> None:
@@ -173,7 +181,7 @@ class LlamaStaticDecoder:
             attn = layer.self_attn
             w = self.fused[i]
             h = F.rms_norm(x, x.shape[-1:], layer.input_layernorm.weight, self.eps[i][0])  # [B, S, H]
-            qkv = _project(h, w.qkv, w.qkv_bias)  # [B, S, Hq*D + 2*Hkv*D]
+            qkv = w.qkv(h)  # [B, S, Hq*D + 2*Hkv*D]
             q, k, v = qkv.split((q_width, kv_width, kv_width), dim=-1)
             q = q.view(batch, new, heads, dim).transpose(1, 2)  # [B, Hq, S, D]
             k = k.view(batch, new, kv_heads, dim).transpose(1, 2)  # [B, Hkv, S, D]
@@ -185,20 +193,14 @@ class LlamaStaticDecoder:
                 q, self.keys[i][:, :, :end], self.values[i][:, :, :end], attn_mask=mask, scale=attn.scaling
             )  # [B, Hkv, G*S, D]
             out = out.view(batch, heads, new, dim).transpose(1, 2).reshape(batch, new, heads * dim)  # [B, S, Hq*D]
-            x = x + _project(out, w.o, w.o_bias)
+            x = x + w.o(out)
             h = F.rms_norm(x, x.shape[-1:], layer.post_attention_layernorm.weight, self.eps[i][1])  # [B, S, H]
-            gate, up = _project(h, w.gate_up, w.gate_up_bias).chunk(2, dim=-1)  # [B, S, I] each
+            gate, up = w.gate_up(h).chunk(2, dim=-1)  # [B, S, I] each
             act = self.act(gate) if self.act is not None else layer.mlp.act_fn(gate)
-            x = x + _project(act * up, w.down, w.down_bias)
+            x = x + w.down(act * up)
         last = x[:, -1]  # [B, H]
         norm = self.backbone.norm
         return F.rms_norm(last, last.shape[-1:], norm.weight, norm.variance_epsilon)  # [B, H]
-
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [B, H] -> logits [B, V], one vocabulary block at a time (see HEAD_BLOCK_ROWS)."""
-        if hidden.device.type != "cpu":
-            return F.linear(hidden, self.head.weight, self.head.bias)  # [B, V]
-        return torch.cat([F.linear(hidden, w, b) for w, b in self.head_blocks], dim=-1)  # [B, V]
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """Left-padded prompts [B, P] -> logits of the next token [B, V]."""
@@ -212,12 +214,12 @@ class LlamaStaticDecoder:
         mask = (causal & self.key_mask[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=input_ids.device)  # [B, P, P]
         mask = mask[:, None, None].expand(batch, 1, self.groups, width, width).reshape(batch, 1, self.groups * width, width)
         mask = torch.zeros(mask.shape, dtype=self.key_bias.dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
-        return self._logits(self._forward(input_ids, position_ids, 0, mask))
+        return self.logits_of(self._forward(input_ids, position_ids, 0, mask))
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, slot: int) -> torch.Tensor:
         """tokens [B], positions [B], slot = the cache column they occupy -> logits [B, V]."""
         mask = self.key_bias[:, None, None, : slot + 1]  # [B, 1, 1, slot + 1], broadcast over the G query rows
-        return self._logits(self._forward(tokens[:, None], positions[:, None], slot, mask))
+        return self.logits_of(self._forward(tokens[:, None], positions[:, None], slot, mask))
 
 
 __all__ = ["LlamaStaticDecoder", "SUPPORTED_MODEL_TYPES", "supports"]
