@@ -7,11 +7,13 @@
 Two experiments on the default model, each printing held-out pairwise accuracy, the accuracy of
 "the longer reply wins" on the same pairs, and the ECE of σ(r_c − r_r):
 
-* ``gold``: ``bundled:review_candidates`` holds 4 replies the default model sampled for each of
-  the 80 ``bundled:review_prompts``. Every two replies of a prompt whose VADER compound scores
-  differ by more than 0.1 become a pair, the more positive one chosen (a simulated annotator
-  with a known gold function). Prompts are split 3:1 before pairing, so held-out pairs come
-  from prompts the reward model never saw.
+* ``gold``: ``bundled:review_candidates`` holds 16 replies the default model sampled for each of
+  the 80 ``bundled:review_prompts``. Two replies of a prompt whose VADER compound scores differ
+  by more than 0.1 make a pair, the more positive one chosen (a simulated annotator with a known
+  gold function); at most ``--pairs-per-prompt`` such pairs are drawn per prompt. Prompts are
+  split 3:1 before pairing, so held-out pairs come from prompts the reward model never saw.
+  ``--train-on rankings`` trains instead on each training prompt's replies in gold order, one
+  Plackett–Luce ranking per prompt.
 * ``preferences``: the bundled programming-help pairs, 10% held out (``data.eval_fraction``).
 """
 
@@ -28,25 +30,30 @@ CANDIDATES = REPO / "src/tether/data/bundled/review_candidates.jsonl"
 KEYS = ("pairs", "accuracy", "length_baseline_accuracy", "ece", "margin_mean")
 
 
-def generate(samples: int, max_new_tokens: int, seed: int) -> None:
+def generate(samples: int, max_new_tokens: int, seed: int, prompts_per_batch: int = 2) -> None:
+    """Sample ``samples`` replies per review prompt with tether's rollout engine (``prompts_per_batch``
+    prompts per generation batch) and write them to ``bundled:review_candidates``."""
     import torch
 
     from tether.data import load_records
-    from tether.data.encode import encode_prompt
     from tether.models import load_model
+    from tether.rollout.engine import SamplingParams, encode_prompts
+    from tether.rollout.engine import generate as sample
 
-    torch.manual_seed(seed)
     model, tokenizer = load_model("default")
     model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0, top_p=0.95)
     prompts = [r.prompt for r in load_records("bundled:review_prompts").records]
     rows = []
-    for prompt in prompts:
-        ids = torch.tensor([encode_prompt(tokenizer, prompt)] * samples)  # [S, P], same prompt: no padding
+    for start in range(0, len(prompts), prompts_per_batch):
+        chunk = prompts[start : start + prompts_per_batch]
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_p=0.95, max_new_tokens=max_new_tokens)
-        texts = [tokenizer.decode(o[ids.shape[1] :], skip_special_tokens=True).strip() for o in out]
-        rows.append({"prompt": prompt[-1]["content"], "completions": texts})
-        print(len(rows), texts[0][:80], flush=True)
+            rollout = sample(model, tokenizer, encode_prompts(tokenizer, [p for p in chunk for _ in range(samples)]), params, generator)
+        for i, prompt in enumerate(chunk):
+            texts = [t.strip() for t in rollout.texts[i * samples : (i + 1) * samples]]
+            rows.append({"prompt": prompt[-1]["content"], "completions": texts})
+            print(len(rows), texts[0][:80], flush=True)
     with open(CANDIDATES, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
@@ -64,7 +71,7 @@ def _train_and_eval(work: Path, overrides: list[str], eval_path: str | None) -> 
 
 
 def gold(args) -> dict:
-    from tether.feedback.simulated import gold_pairs
+    from tether.feedback.simulated import gold_pairs, gold_rankings
 
     rows = [json.loads(line) for line in open(CANDIDATES, encoding="utf-8")]
     random.Random(0).shuffle(rows)
@@ -72,11 +79,15 @@ def gold(args) -> dict:
     work = Path(args.output) / "gold"
     work.mkdir(parents=True, exist_ok=True)
     for name, part in (("train", rows[n_eval:]), ("eval", rows[:n_eval])):
-        pairs = gold_pairs(part, min_gap=0.1)
+        if name == "train" and args.train_on == "rankings":  # whole orders, trained by Plackett-Luce
+            examples = [{"prompt": r["prompt"], "completions": r["completions"]} for r in gold_rankings(part)]
+        else:
+            pairs = gold_pairs(part, min_gap=0.1, max_pairs_per_prompt=args.pairs_per_prompt or None)
+            examples = [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
         with open(work / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            for p in pairs:
-                f.write(json.dumps({"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]}) + "\n")
-        print(f"{name}: {len(part)} prompts, {len(pairs)} gold-labelled pairs")
+            for example in examples:
+                f.write(json.dumps(example) + "\n")
+        print(f"{name}: {len(part)} prompts, {len(examples)} gold-labelled {'rankings' if 'completions' in examples[0] else 'pairs'}")
     overrides = [
         f"data.path={work / 'train.jsonl'}",
         f"data.eval_path={work / 'eval.jsonl'}",
@@ -98,10 +109,12 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "src"))
     parser = argparse.ArgumentParser()
     parser.add_argument("action", choices=["generate", "gold", "preferences"])
-    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--pairs-per-prompt", type=int, default=16, help="gold: at most this many labelled pairs per prompt (0: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="/tmp/tether-reward-accuracy")
+    parser.add_argument("--train-on", choices=["pairs", "rankings"], default="pairs", help="gold: train on pairs (Bradley-Terry) or on each prompt's whole gold order (Plackett-Luce); evaluation is on pairs either way")
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--lora", action="store_true")

@@ -81,6 +81,15 @@ def test_rankings_train_through_plackett_luce_in_one_pass(tmp_path, monkeypatch)
     assert report["accuracy"] >= 0.9, report  # over all 3 ordered pairs of each held-out ranking
 
 
+def test_rankings_train_with_pairs_held_out(tmp_path):
+    """Train on whole rankings, evaluate on a separate file of pairs: each file keeps its own kind."""
+    train = _rankings_file(tmp_path / "rank.jsonl")
+    held_out = _pairs_file(tmp_path / "pairs.jsonl", n=16, seed=5)
+    run_rm_train(_cfg(train, tmp_path / "run", steps=30, **{"data.eval_path": str(held_out)}))
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["pairs"] == 16 and report["accuracy"] >= 0.9, report
+
+
 def test_multi_objective_heads_learn_their_own_labels(tmp_path):
     """'helpful' prefers 'good' over 'poor'; 'terse' prefers the opposite on the same texts."""
     helpful = _pairs_file(tmp_path / "helpful.jsonl", seed=1)

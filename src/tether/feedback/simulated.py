@@ -59,4 +59,17 @@ def gold_pairs(
     return pairs
 
 
-__all__ = ["gold_pairs", "label_pair", "vader_gold"]
+def gold_rankings(candidates: Sequence[dict], gold: Callable[[str], float] = vader_gold) -> list[dict]:
+    """Rankings from ``[{"prompt": ..., "completions": [...]}, ...]``: each row's completions ordered
+    best first by gold score (``{"prompt", "completions", "gold_scores"}``), for Plackett–Luce
+    training on the whole order instead of pairs drawn from it. Exact duplicates are kept once."""
+    rankings = []
+    for row in candidates:
+        unique = list(dict.fromkeys(row["completions"]))
+        scored = sorted(((gold(c), c) for c in unique), key=lambda t: -t[0])
+        if len(scored) >= 2:
+            rankings.append({"prompt": row["prompt"], "completions": [c for _, c in scored], "gold_scores": [g for g, _ in scored]})
+    return rankings
+
+
+__all__ = ["gold_pairs", "gold_rankings", "label_pair", "vader_gold"]

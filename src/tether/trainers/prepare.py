@@ -50,8 +50,10 @@ def _encode(tokenizer, records, cfg: DataConfig, what: str, report: list[str]) -
     return examples
 
 
-def prepare_data(tokenizer, cfg: DataConfig, kind: str, seed: int) -> PreparedData:
-    """Load, validate, split and tokenize. ``kind``: demonstration, preference, ranking or unpaired."""
+def prepare_data(tokenizer, cfg: DataConfig, kind: str, seed: int, eval_kind: str | None = None) -> PreparedData:
+    """Load, validate, split and tokenize. ``kind``: demonstration, preference, ranking or unpaired;
+    ``eval_kind``: that of ``cfg.eval_path`` when it differs (a reward model trained on rankings
+    and evaluated on pairs), else the same."""
     from tether.data import load_records
 
     report: list[str] = []
@@ -63,7 +65,7 @@ def prepare_data(tokenizer, cfg: DataConfig, kind: str, seed: int) -> PreparedDa
         if len(loaded.skipped) > 10:
             report.append(f"  ... and {len(loaded.skipped) - 10} more")
     if cfg.eval_path:
-        eval_loaded = load_records(cfg.eval_path, kind=kind, on_error=cfg.on_error, split=cfg.split)
+        eval_loaded = load_records(cfg.eval_path, kind=eval_kind or kind, on_error=cfg.on_error, split=cfg.split)
         eval_records = list(eval_loaded.records)
     elif cfg.eval_fraction > 0 and len(records) >= 10:
         order = list(range(len(records)))

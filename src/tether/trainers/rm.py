@@ -208,9 +208,10 @@ def prepare_reward_data(tokenizer, cfg: RMConfig):
     eval_paths = cfg.rm.objective_eval_data or [cfg.data.eval_path] * len(paths)
     merged = PreparedData([], [], [])
     for path, eval_path, name in zip(paths, eval_paths, fixed):
-        kind = _data_kind(path)
-        if kind not in ("preference", "ranking"):
-            raise ValueError(f"{path}: reward models train on preference pairs or rankings, not {kind} records")
+        kinds = {p: _data_kind(p) for p in (path, eval_path) if p}
+        for p, kind in kinds.items():  # pairs and rankings mix freely: a pair is a ranking of two
+            if kind not in ("preference", "ranking"):
+                raise ValueError(f"{p}: reward models train and evaluate on preference pairs or rankings, not {kind} records")
         labels, errors = objective_labels(path, objectives, name, cfg.data.on_error, cfg.data.split)
         if labels is None and len(objectives) > 1:
             raise ValueError(
@@ -221,7 +222,7 @@ def prepare_reward_data(tokenizer, cfg: RMConfig):
         if eval_path:
             eval_labels, eval_errors = objective_labels(eval_path, objectives, name, cfg.data.on_error, cfg.data.split)
             errors += eval_errors
-        data = prepare_data(tokenizer, replace(cfg.data, path=path, eval_path=eval_path), kind, cfg.train.seed)
+        data = prepare_data(tokenizer, replace(cfg.data, path=path, eval_path=eval_path), kinds[path], cfg.train.seed, kinds.get(eval_path))
         tag = f"[{name}] " if name else ""
         merged.train += _tag_objectives(data.train, labels, 0)
         merged.eval += _tag_objectives(data.eval, eval_labels, 0)
