@@ -79,7 +79,8 @@ def gold(args) -> dict:
     work = Path(args.output) / "gold"
     work.mkdir(parents=True, exist_ok=True)
     for name, part in (("train", rows[n_eval:]), ("eval", rows[:n_eval])):
-        if name == "train" and args.train_on == "rankings":  # whole orders, trained by Plackett-Luce
+        shape = args.train_on if name == "train" else "pairs"
+        if shape == "rankings":  # whole orders, trained by Plackett-Luce
             examples = [{"prompt": r["prompt"], "completions": r["completions"]} for r in gold_rankings(part)]
         else:
             pairs = gold_pairs(part, min_gap=0.1, max_pairs_per_prompt=args.pairs_per_prompt or None)
@@ -87,7 +88,7 @@ def gold(args) -> dict:
         with open(work / f"{name}.jsonl", "w", encoding="utf-8") as f:
             for example in examples:
                 f.write(json.dumps(example) + "\n")
-        print(f"{name}: {len(part)} prompts, {len(examples)} gold-labelled {'rankings' if 'completions' in examples[0] else 'pairs'}")
+        print(f"{name}: {len(part)} prompts, {len(examples)} gold-labelled {shape}")
     overrides = [
         f"data.path={work / 'train.jsonl'}",
         f"data.eval_path={work / 'eval.jsonl'}",

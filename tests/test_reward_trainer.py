@@ -90,6 +90,14 @@ def test_rankings_train_with_pairs_held_out(tmp_path):
     assert report["pairs"] == 16 and report["accuracy"] >= 0.9, report
 
 
+def test_eval_file_of_demonstrations_is_refused_by_name(tmp_path):
+    train = _pairs_file(tmp_path / "pairs.jsonl")
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text(json.dumps({"prompt": "Rate the lemon", "completion": "The lemon is good."}) + "\n")
+    with pytest.raises(ValueError, match=r"demos\.jsonl: reward models train and evaluate on preference pairs or rankings, not demonstration records"):
+        run_rm_train(_cfg(train, tmp_path / "run", steps=1, **{"data.eval_path": str(demos)}))
+
+
 def test_multi_objective_heads_learn_their_own_labels(tmp_path):
     """'helpful' prefers 'good' over 'poor'; 'terse' prefers the opposite on the same texts."""
     helpful = _pairs_file(tmp_path / "helpful.jsonl", seed=1)
