@@ -60,14 +60,13 @@ def generate(samples: int, max_new_tokens: int, seed: int, prompts_per_batch: in
     print(f"wrote {CANDIDATES} ({CANDIDATES.stat().st_size} bytes)")
 
 
-def _train_and_eval(work: Path, overrides: list[str], eval_path: str | None) -> dict:
+def _train_and_eval(work: Path, overrides: list[str]) -> dict:
+    """Train, then the trainer's own held-out report (what ``tether rm eval`` prints for that file)."""
     from tether.config import load_config
-    from tether.trainers.rm import RMConfig, run_rm_eval, run_rm_train
+    from tether.trainers.rm import RMConfig, run_rm_train
 
     run_rm_train(load_config(RMConfig, None, [f"train.output_dir={work / 'run'}", "train.save_every=0", "train.progress=false", *overrides]))
-    if eval_path is None:  # held out by data.eval_fraction: the trainer's own report
-        return json.loads((work / "run" / "eval.json").read_text())
-    return run_rm_eval(str(work / "run" / "model"), eval_path, output=str(work / "eval_report.json"))
+    return json.loads((work / "run" / "eval.json").read_text())
 
 
 def gold(args) -> dict:
@@ -89,6 +88,7 @@ def gold(args) -> dict:
             for example in examples:
                 f.write(json.dumps(example) + "\n")
         print(f"{name}: {len(part)} prompts, {len(examples)} gold-labelled {shape}")
+    eval_pairs = gold_pairs(rows[:n_eval], min_gap=0.1, max_pairs_per_prompt=args.pairs_per_prompt or None)
     overrides = [
         f"data.path={work / 'train.jsonl'}",
         f"data.eval_path={work / 'eval.jsonl'}",
@@ -97,13 +97,42 @@ def gold(args) -> dict:
         f"lora.enabled={str(args.lora).lower()}",
         *args.overrides,
     ]
-    return _train_and_eval(work, overrides, str(work / "eval.jsonl"))
+    report = _train_and_eval(work, overrides)
+    for line in gap_breakdown(work / "run" / "model", eval_pairs):
+        print(line)
+    return report
+
+
+def gap_breakdown(model_dir: Path, pairs: list[dict], edges=(0.1, 0.5, 1.0, 2.0)) -> list[str]:
+    """Held-out accuracy beside the length rule, per band of gold gap |VADER(chosen) − VADER(rejected)|:
+    a pair 0.15 apart is close to a coin flip for any judge but VADER, one 1.5 apart is not."""
+    import torch
+
+    from tether.evaluate.reward_metrics import length_baseline_accuracy, pairwise_accuracy
+    from tether.models.reward_ensemble import RewardEnsemble, load_reward
+
+    model = load_reward(model_dir)
+    prompts = [p["prompt"] for p in pairs]
+    score = (lambda replies: model.score(prompts, replies)[0]) if isinstance(model, RewardEnsemble) else (lambda replies: model.score(prompts, replies))
+    with torch.no_grad():
+        r_chosen, r_rejected = score([p["chosen"] for p in pairs]), score([p["rejected"] for p in pairs])  # [P], [P]
+    tokens = model.members[0].tokenizer if isinstance(model, RewardEnsemble) else model.tokenizer
+    n_tokens = lambda text: float(len(tokens(text, add_special_tokens=False)["input_ids"]))  # noqa: E731
+    l_chosen = torch.tensor([n_tokens(p["chosen"]) for p in pairs])  # [P]
+    l_rejected = torch.tensor([n_tokens(p["rejected"]) for p in pairs])  # [P]
+    gap = torch.tensor([p["gold_chosen"] - p["gold_rejected"] for p in pairs])  # [P]
+    lines = ["gold gap      pairs  accuracy  length rule"]
+    for low, high in zip(edges, edges[1:]):
+        band = (gap > low) & (gap <= high)
+        if band.any():
+            lines.append(f"({low}, {high}]  {int(band.sum()):>9}  {pairwise_accuracy(r_chosen[band], r_rejected[band]):8.3f}  {length_baseline_accuracy(l_chosen[band], l_rejected[band]):11.3f}")
+    return lines
 
 
 def preferences(args) -> dict:
     work = Path(args.output) / "preferences"
     overrides = ["data.path=bundled:preferences", "data.eval_fraction=0.1", f"train.epochs={args.epochs}", f"train.lr={args.lr}", f"lora.enabled={str(args.lora).lower()}", *args.overrides]
-    return _train_and_eval(work, overrides, None)
+    return _train_and_eval(work, overrides)
 
 
 def main() -> None:

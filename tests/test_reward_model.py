@@ -86,3 +86,35 @@ def test_save_and_reload_give_same_scores(tmp_path, lora):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(tmp_path / "rm")  # the backbone is a plain HF directory
+
+
+def test_mean_pooling_reads_the_response_tokens_in_every_layout(tmp_path):
+    """pooling="mean": head(mean of the final hidden states at the response's tokens), computed by
+    hand from one unpadded forward per sequence, and the same from padded, packed and shared-prompt
+    batches; the choice survives save and reload."""
+    from tether.data.shared_prefix import collate_shared_prefix
+
+    model = _model()
+    model.pooling = "mean"
+    seqs = model.encode_pairs(PROMPTS, RESPONSES)
+    by_hand = []
+    for ids, prompt_len in seqs:
+        hidden = model._hidden(torch.tensor([ids]), None, None)[0]  # [T, H]
+        by_hand.append(model.head(hidden[prompt_len:].mean(0)))  # [O]: response tokens only
+    by_hand = torch.stack(by_hand)  # [3, O]
+    pair = model.encode_pairs(["Say hi", "Say hi"], ["hi", "hello to you"])
+    pair_by_hand = torch.stack([model.head(model._hidden(torch.tensor([ids]), None, None)[0][plen:].mean(0)) for ids, plen in pair])
+    with torch.no_grad():
+        torch.testing.assert_close(model(collate([[s] for s in seqs], 0)), by_hand, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(collate([[s] for s in seqs], 0, pack=True, row_tokens=256)), by_hand, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(collate_shared_prefix([pair], model.tokenizer.pad_token_id)), pair_by_hand, atol=1e-5, rtol=1e-5)
+        last = RewardModel(model.backbone, model.tokenizer, head=model.head)(collate([[s] for s in seqs], 0))
+    assert not torch.allclose(last, by_hand, atol=1e-4)  # the two poolings really differ
+    with pytest.raises(ValueError, match="last token"):
+        model.forward_padded(torch.tensor([seqs[0][0]]), torch.ones(1, len(seqs[0][0]), dtype=torch.long))
+    model.save_pretrained(tmp_path / "rm")
+    reloaded = RewardModel.from_pretrained(tmp_path / "rm")
+    assert reloaded.pooling == "mean"
+    torch.testing.assert_close(reloaded.score(PROMPTS, RESPONSES), by_hand.squeeze(1).detach(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="pooling"):
+        RewardModel(model.backbone, model.tokenizer, pooling="max")

@@ -51,9 +51,11 @@ def _cfg(data, out, steps=30, **extra):
     return load_config(RMConfig, None, [f"{k}={v}" for k, v in base.items()])
 
 
-def test_training_beats_length_baseline_on_toy_pairs(tmp_path):
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_training_beats_length_baseline_on_toy_pairs(tmp_path, pooling):
     data = _pairs_file(tmp_path / "pairs.jsonl")
-    run_rm_train(_cfg(data, tmp_path / "run", steps=30))
+    run_rm_train(_cfg(data, tmp_path / "run", steps=30, **{"rm.pooling": pooling}))
+    assert json.loads((tmp_path / "run" / "model" / "reward_config.json").read_text())["pooling"] == pooling
     report = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert report["length_baseline_accuracy"] == pytest.approx(0.5)
     assert report["accuracy"] >= 0.9, report
@@ -160,13 +162,15 @@ def test_cli_rm_score_and_eval(tmp_path):
     assert metrics["accuracy"] == pytest.approx(pairwise_accuracy(chosen, rejected))
 
 
-def test_full_ensemble_saves_and_reloads(tmp_path):
+@pytest.mark.parametrize("lora", [False, True])
+def test_ensemble_saves_and_reloads_with_its_pooling(tmp_path, lora):
     data = _pairs_file(tmp_path / "pairs.jsonl", n=24)
-    run_rm_train(_cfg(data, tmp_path / "run", steps=2, **{"rm.ensemble_size": "2"}))
+    run_rm_train(_cfg(data, tmp_path / "run", steps=2, **{"rm.ensemble_size": "2", "rm.pooling": "mean", "lora.enabled": str(lora).lower()}))
     from tether.models.reward_ensemble import RewardEnsemble
 
     ensemble = RewardEnsemble.from_pretrained(tmp_path / "run" / "model")
-    assert ensemble.layout == "full" and len(ensemble.members) == 2
+    assert ensemble.layout == ("lora" if lora else "full") and len(ensemble.members) == 2
+    assert [m.pooling for m in ensemble.members] == ["mean", "mean"]
     report = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert report["ensemble_spread_mean"] > 0  # members differ (seed, bootstrap)
     again = run_rm_eval(str(tmp_path / "run" / "model"), str(data))

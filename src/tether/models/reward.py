@@ -2,8 +2,11 @@
 
 The score of (prompt, response) is ``head(h_last)``, where ``h_last`` is the backbone's final
 hidden state at the response's last token (its end-of-turn marker), the one position that has
-seen the whole text. A head has one output per named objective (for example helpful, harmless,
-honest); the scalar reward is a weighted sum chosen at scoring time.
+seen the whole text. ``pooling="mean"`` reads the mean of the final hidden states over the
+response's tokens instead: every response token then reaches the head directly, which helps
+where the preference is spread over the words (sentiment) and data is scarce. A head has one
+output per named objective (for example helpful, harmless, honest); the scalar reward is a
+weighted sum chosen at scoring time.
 
 Saved as a Hugging Face model directory (the backbone, LoRA adapters merged) plus
 ``reward_head.safetensors`` and ``reward_config.json``, so the backbone also loads with plain
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 
 HEAD_FILE = "reward_head.safetensors"
+POOLINGS = ("last", "mean")
 CONFIG_FILE = "reward_config.json"
 
 
@@ -42,6 +46,24 @@ def last_token_index(batch) -> torch.Tensor:
     if (last_owned < 0).any():
         raise ValueError("a sequence of fewer than two tokens has no reply to score")
     return last_owned + 1
+
+
+def mean_over_responses(hidden: torch.Tensor, batch, last: torch.Tensor) -> torch.Tensor:
+    """Mean final hidden state over each sequence's response tokens -> [N, H].
+
+    The loss positions (``loss_mask``) are those predicting a response token, so each response
+    token sits one step after one, in every layout (padded, packed, shared prefix), and
+    ``sequence_ids`` names its sequence. An empty response falls back to its last token
+    (``last``, flat indices [N]).
+    """
+    flat = hidden.reshape(-1, hidden.shape[-1])  # [R*T, H]
+    seq_ids = batch.sequence_ids.reshape(-1).to(hidden.device)  # [R*T]
+    predicts_response = batch.loss_mask.reshape(-1).to(hidden.device) & (seq_ids >= 0)  # [R*T]
+    owned = predicts_response.nonzero().squeeze(1)  # [M] flat positions predicting a response token
+    owner = seq_ids[owned]  # [M]
+    sums = flat.new_zeros(batch.num_sequences, flat.shape[1]).index_add(0, owner, flat[owned + 1])  # [N, H]
+    counts = torch.bincount(owner, minlength=batch.num_sequences).unsqueeze(1)  # [N, 1]
+    return torch.where(counts > 0, sums / counts.clamp(min=1).to(flat.dtype), flat[last])
 
 
 def last_token_index_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -90,6 +112,7 @@ class RewardModel(nn.Module):
         max_length: int = 512,
         adapter: str | None = None,
         head: nn.Linear | None = None,
+        pooling: str = "last",
     ):
         super().__init__()
         self.backbone = backbone
@@ -100,6 +123,9 @@ class RewardModel(nn.Module):
         self.default_weights = dict(weights) if weights else {name: 1.0 / len(self.objectives) for name in self.objectives}
         self.max_length = max_length
         self.adapter = adapter
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        self.pooling = pooling
         hidden = backbone.config.get_text_config().hidden_size if hasattr(backbone.config, "get_text_config") else backbone.config.hidden_size
         if head is None:
             head = nn.Linear(hidden, len(self.objectives))
@@ -121,11 +147,18 @@ class RewardModel(nn.Module):
         """Rewards of every sequence of a TokenBatch (padded or packed) or a SharedPrefixBatch -> [N, O]."""
         hidden = self._hidden(batch.input_ids, batch.position_ids, batch.attention_mask)  # [R, T, H]
         last = last_token_index(batch).to(hidden.device)  # [N]
-        h_last = hidden.reshape(-1, hidden.shape[-1])[last]  # [N, H]
-        return self.head(h_last.to(self.head.weight.dtype))  # [N, O]
+        if self.pooling == "mean":
+            pooled = mean_over_responses(hidden, batch, last)  # [N, H]
+        else:
+            pooled = hidden.reshape(-1, hidden.shape[-1])[last]  # [N, H]
+        return self.head(pooled.to(self.head.weight.dtype))  # [N, O]
 
     def forward_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Rewards of a padded batch, right- or left-padded as a tokenizer left it -> [R, O]."""
+        """Rewards of a padded batch, right- or left-padded as a tokenizer left it -> [R, O].
+
+        Reads the last token whatever ``pooling`` says: the mask does not tell prompt from response."""
+        if self.pooling != "last":
+            raise ValueError("forward_padded reads the last token; a mean-pooled reward model scores TokenBatches (forward) or text (score)")
         positions = positions_from_mask(attention_mask)  # [R, T]
         hidden = self._hidden(input_ids, positions, attention_mask)  # [R, T, H]
         last = last_token_index_from_mask(attention_mask)  # [R]
@@ -184,7 +217,7 @@ class RewardModel(nn.Module):
     # ---- saving ------------------------------------------------------------------------------
 
     def config_dict(self) -> dict:
-        return {"objectives": self.objectives, "weights": self.default_weights, "max_length": self.max_length}
+        return {"objectives": self.objectives, "weights": self.default_weights, "max_length": self.max_length, "pooling": self.pooling}
 
     def save_pretrained(self, out_dir: str | os.PathLike) -> Path:
         """HF model directory (LoRA merged) + ``reward_head.safetensors`` + ``reward_config.json``."""
@@ -208,7 +241,7 @@ class RewardModel(nn.Module):
             raise FileNotFoundError(f"{model_dir} is not a reward model directory (no {CONFIG_FILE})")
         config = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
         backbone, tokenizer = load_model(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
-        model = cls(backbone, tokenizer, config["objectives"], config.get("weights"), config.get("max_length", 512))
+        model = cls(backbone, tokenizer, config["objectives"], config.get("weights"), config.get("max_length", 512), pooling=config.get("pooling", "last"))
         state = load_file(str(model_dir / HEAD_FILE))
         with torch.no_grad():
             model.head.weight.copy_(state["weight"])
@@ -220,4 +253,4 @@ def is_reward_model_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
-__all__ = ["RewardModel", "activate_adapter", "is_reward_model_dir", "last_token_index", "last_token_index_from_mask", "positions_from_mask"]
+__all__ = ["RewardModel", "activate_adapter", "is_reward_model_dir", "last_token_index", "last_token_index_from_mask", "mean_over_responses", "positions_from_mask"]

@@ -55,6 +55,7 @@ class RewardEnsemble(nn.Module):
         lora: Mapping | None = None,
         seed: int = 0,
         penalty: float = 1.0,
+        pooling: str = "last",
     ) -> RewardEnsemble:
         """K fresh members on ``backbone``. ``lora``: keyword arguments of ``apply_lora`` (shared
         backbone, one adapter per member), or None for K full copies of the backbone."""
@@ -69,12 +70,12 @@ class RewardEnsemble(nn.Module):
                 shared.add_adapter(member_adapter_name(k), copy.deepcopy(shared.peft_config["default"]))
             for k in range(size):
                 torch.manual_seed(seed + k)
-                members.append(RewardModel(shared, tokenizer, objectives, weights, max_length, adapter=member_adapter_name(k)))
+                members.append(RewardModel(shared, tokenizer, objectives, weights, max_length, adapter=member_adapter_name(k), pooling=pooling))
             return cls(members, "lora", penalty)
         for k in range(size):
             torch.manual_seed(seed + k)
             copy_k = backbone if k == size - 1 else copy.deepcopy(backbone)
-            members.append(RewardModel(copy_k, tokenizer, objectives, weights, max_length))
+            members.append(RewardModel(copy_k, tokenizer, objectives, weights, max_length, pooling=pooling))
         return cls(members, "full", penalty)
 
     def trainable_member(self, k: int) -> RewardModel:
@@ -181,7 +182,7 @@ class RewardEnsemble(nn.Module):
             shared.load_adapter(str(adapters / name), adapter_name=name)
         members = []
         for k, name in enumerate(names):
-            member = RewardModel(shared, tokenizer, config["objectives"], config.get("weights"), config.get("max_length", 512), adapter=name)
+            member = RewardModel(shared, tokenizer, config["objectives"], config.get("weights"), config.get("max_length", 512), adapter=name, pooling=config.get("pooling", "last"))
             state = load_file(str(model_dir / "heads" / f"member-{k}.safetensors"))
             with torch.no_grad():
                 member.head.weight.copy_(state["weight"])

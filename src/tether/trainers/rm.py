@@ -36,6 +36,7 @@ class RewardSection:
     ensemble_size: int = opt(1, "Members of a reward ensemble (1: a single reward model). With LoRA the members share one frozen backbone.")
     bootstrap: bool = opt(True, "Train each ensemble member on a bootstrap resample (with replacement) of the training data.")
     penalty: float = opt(1.0, "lambda of the uncertainty-penalised reward mean - lambda * std, stored with an ensemble.")
+    pooling: Literal["last", "mean"] = opt("last", "What the head reads: the final hidden state at the response's last token, or the mean over the response's tokens.")
 
 
 @dataclass
@@ -282,7 +283,7 @@ def run_rm_train(cfg: RMConfig):
         import torch
 
         torch.manual_seed(cfg.train.seed)
-        model = RewardModel(backbone, tokenizer, cfg.rm.objectives, _weights(cfg), cfg.data.max_length)
+        model = RewardModel(backbone, tokenizer, cfg.rm.objectives, _weights(cfg), cfg.data.max_length, pooling=cfg.rm.pooling)
         results = [fit(model, objective, data.train, data.eval, cfg.train, title="rm")]
         trained = model
     else:
@@ -290,7 +291,7 @@ def run_rm_train(cfg: RMConfig):
         if cfg.lora.enabled:
             targets = cfg.lora.target_modules if cfg.lora.target_modules == "all-linear" else [t.strip() for t in cfg.lora.target_modules.split(",")]
             lora = {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout, "target_modules": targets}
-        trained = RewardEnsemble.create(backbone, tokenizer, size, cfg.rm.objectives, _weights(cfg), cfg.data.max_length, lora, cfg.train.seed, cfg.rm.penalty)
+        trained = RewardEnsemble.create(backbone, tokenizer, size, cfg.rm.objectives, _weights(cfg), cfg.data.max_length, lora, cfg.train.seed, cfg.rm.penalty, cfg.rm.pooling)
         results = []
         for k in range(size):
             member = trained.trainable_member(k)
