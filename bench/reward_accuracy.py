@@ -114,16 +114,18 @@ def gap_breakdown(model_dir: Path, pairs: list[dict], edges=(0.1, 0.5, 1.0, 2.0)
 
     from tether.evaluate.reward_metrics import length_baseline_accuracy, pairwise_accuracy
     from tether.models.reward_ensemble import RewardEnsemble, load_reward
+    from tether.trainers.rm import _score_sequences
 
     model = load_reward(model_dir)
+    encoder = model.members[0] if isinstance(model, RewardEnsemble) else model
     prompts = [p["prompt"] for p in pairs]
-    score = (lambda replies: model.score(prompts, replies)[0]) if isinstance(model, RewardEnsemble) else (lambda replies: model.score(prompts, replies))
-    with torch.no_grad():
-        r_chosen, r_rejected = score([p["chosen"] for p in pairs]), score([p["rejected"] for p in pairs])  # [P], [P]
-    tokens = model.members[0].tokenizer if isinstance(model, RewardEnsemble) else model.tokenizer
-    n_tokens = lambda text: float(len(tokens(text, add_special_tokens=False)["input_ids"]))  # noqa: E731
-    l_chosen = torch.tensor([n_tokens(p["chosen"]) for p in pairs])  # [P]
-    l_rejected = torch.tensor([n_tokens(p["rejected"]) for p in pairs])  # [P]
+    chosen = encoder.encode_pairs(prompts, [p["chosen"] for p in pairs])  # (ids, prompt_len) each
+    rejected = encoder.encode_pairs(prompts, [p["rejected"] for p in pairs])
+    rewards, _ = _score_sequences(model, chosen + rejected, batch_size=16)  # [2P], the ensemble mean for an ensemble
+    r_chosen, r_rejected = rewards[: len(pairs)], rewards[len(pairs) :]  # [P], [P]
+    # Reply tokens as ``tether rm eval`` counts them for its length rule.
+    l_chosen = torch.tensor([float(len(ids) - plen) for ids, plen in chosen])  # [P]
+    l_rejected = torch.tensor([float(len(ids) - plen) for ids, plen in rejected])  # [P]
     gap = torch.tensor([p["gold_chosen"] - p["gold_rejected"] for p in pairs])  # [P]
     lines = ["gold gap      pairs  accuracy  length rule"]
     for low, high in zip(edges, edges[1:]):
