@@ -1,0 +1,1 @@
+"""`tether pipeline`: the whole loop as resumable stages keyed by their inputs."""
