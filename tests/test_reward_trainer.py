@@ -155,11 +155,11 @@ def test_cli_rm_score_and_eval(tmp_path):
     assert len(rows) == 24 and {"reward_chosen", "reward_rejected"} <= set(rows[0])
     assert main(["rm", "eval", "--model", str(out / "model"), "--data", str(data), "--output", str(tmp_path / "m.json")]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
-    from tether.evaluate.reward_metrics import pairwise_accuracy
+    from tether.losses.reward import pairwise_accuracy
 
     chosen = torch.tensor([r["reward_chosen"] for r in rows])
     rejected = torch.tensor([r["reward_rejected"] for r in rows])
-    assert metrics["accuracy"] == pytest.approx(pairwise_accuracy(chosen, rejected))
+    assert metrics["accuracy"] == pytest.approx(float(pairwise_accuracy(chosen, rejected)))
 
 
 @pytest.mark.parametrize("lora", [False, True])
