@@ -59,7 +59,7 @@ def run_grpo(cfg: GRPOConfig, reward_source=None, gold_source=None) -> dict:
     from tether.trainers.online.batch import ResponseBatch, response_hidden, response_logprobs
     from tether.trainers.online.rollout import collect
     from tether.trainers.online.run import StepState, Timer, make_kl_controller, rollout_metrics, start_run
-    from tether.trainers.online.update import minibatches, optimizer_step, single_update
+    from tether.trainers.online.update import UpdateMeans, group_metrics, minibatches, optimizer_step, single_update
 
     started = time.time()
     t, g = cfg.train, cfg.grpo
@@ -90,8 +90,7 @@ def run_grpo(cfg: GRPOConfig, reward_source=None, gold_source=None) -> dict:
         advantages = group_advantages(scores, group, normalize_std=g.normalize_std)  # 3. [B]; the KL is in the loss, not here
 
         with timer("update"):  # 4.
-            sums: dict[str, float] = {}
-            updates = 0
+            means = UpdateMeans()
             shuffle = torch.Generator().manual_seed(t.seed * 7919 + step)
             for _epoch in range(t.epochs):
                 for rows in minibatches(len(rollout.texts), t.minibatch_size, shuffle):
@@ -105,7 +104,6 @@ def run_grpo(cfg: GRPOConfig, reward_source=None, gold_source=None) -> dict:
                         losses, lm = ppo_clip_loss(logprobs, old, advantages[rows], m, clip_eps=g.clip_eps)
                     loss = token_mean_global(losses, m, m.sum().clamp(min=1))
                     ensure_finite(loss.detach(), step + 1)
-                    updates += 1
                     piece = {
                         "grad_norm": optimizer_step(loss, params, optimizer, t.max_grad_norm),
                         "loss/total": float(loss.detach()),
@@ -114,9 +112,8 @@ def run_grpo(cfg: GRPOConfig, reward_source=None, gold_source=None) -> dict:
                     if not one_update:  # else the ratio is 1: both 0 by construction
                         piece["policy/approx_kl"] = float(lm["approx_kl"])
                         piece["policy/clip_frac"] = float(lm["clipfrac"])
-                    for k, v in piece.items():
-                        sums[k] = sums.get(k, 0.0) + v
-            metrics = {k: v / max(updates, 1) for k, v in sums.items()}
+                    means.add(piece)
+            metrics = means.means()
             metrics["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
 
@@ -124,9 +121,7 @@ def run_grpo(cfg: GRPOConfig, reward_source=None, gold_source=None) -> dict:
         metrics.update(got.extras)
         metrics.update(timer.metrics())
         metrics["kl/coef"] = kl_ctl.value
-        metrics["advantage/abs_mean"] = float(advantages.abs().mean())
-        # Groups whose responses all scored the same carry no signal; many of them mean too easy or hard prompts.
-        metrics["reward/zero_std_groups"] = float((scores.view(-1, group).std(1) == 0).float().mean())
+        metrics.update(group_metrics(scores, advantages, group))
         if state.end_step(step, metrics, len(rollout.texts)):
             break
     return state.finish()

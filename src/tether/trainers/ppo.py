@@ -142,7 +142,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
     from tether.trainers.online.batch import ResponseBatch, entropy_surrogate
     from tether.trainers.online.rollout import collect
     from tether.trainers.online.run import StepState, Timer, make_kl_controller, rollout_metrics, start_run
-    from tether.trainers.online.update import minibatches, optimizer_step, single_update
+    from tether.trainers.online.update import UpdateMeans, minibatches, optimizer_step, single_update
 
     started = time.time()
     run = start_run(cfg, reward_source, gold_source)
@@ -178,8 +178,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
             advantages = whiten(advantages, mask)
 
         with timer("update"):
-            sums: dict[str, float] = {}
-            updates = 0
+            means = UpdateMeans()
             early_stop = False
             shuffle = torch.Generator().manual_seed(t.seed * 7919 + step)
             for _epoch in range(t.epochs):
@@ -194,7 +193,6 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
                         per_token = per_token - p.entropy_coef * entropy_surrogate(logprobs)
                     loss = token_mean_global(per_token, m, m.sum().clamp(min=1))
                     ensure_finite(loss.detach(), step + 1)
-                    updates += 1
                     piece = {
                         "grad_norm": optimizer_step(loss, params, optimizer, t.max_grad_norm),
                         "loss/total": float(loss.detach()),
@@ -204,15 +202,13 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
                         "policy/clip_frac": float(pg_metrics["clipfrac"]),
                         "value/clip_frac": float(v_metrics["value/clipfrac"]),
                     }
-                    for k, v in piece.items():
-                        if ratio_metrics or k not in ("policy/approx_kl", "policy/clip_frac"):
-                            sums[k] = sums.get(k, 0.0) + v
+                    means.add({k: v for k, v in piece.items() if ratio_metrics or k not in ("policy/approx_kl", "policy/clip_frac")})
                     if p.target_kl is not None and piece["policy/approx_kl"] > p.target_kl:
                         early_stop = True
                         break
                 if early_stop:
                     break
-            metrics = {k: v / max(updates, 1) for k, v in sums.items()}
+            metrics = means.means()
             metrics["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
 
@@ -225,7 +221,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
                 "policy/entropy": float(masked_mean(entropy, mask)),
                 "value/explained_variance": float(explained_variance(old_values, returns, mask)),
                 "value/mean": float(masked_mean(old_values, mask)),
-                "updates": float(updates),
+                "updates": float(means.updates),
                 "early_stopped": float(early_stop),
             }
         )

@@ -31,4 +31,29 @@ def optimizer_step(loss: torch.Tensor, params, optimizer, max_grad_norm: float) 
     return float(grad_norm)
 
 
-__all__ = ["minibatches", "optimizer_step", "single_update"]
+class UpdateMeans:
+    """Means over a step's updates of what each update reports (grad norm, losses, ratio metrics)."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.updates = 0
+
+    def add(self, piece: dict[str, float]) -> None:
+        self.updates += 1
+        for k, v in piece.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.updates, 1) for k, v in self.sums.items()}
+
+
+def group_metrics(scores: torch.Tensor, advantages: torch.Tensor, group: int) -> dict[str, float]:
+    """What GRPO and RLOO log about their groups: mean |advantage|, and the share of groups whose
+    replies all scored the same (they carry no signal; many mean too easy or too hard prompts)."""
+    return {
+        "advantage/abs_mean": float(advantages.abs().mean()),
+        "reward/zero_std_groups": float((scores.view(-1, group).std(1) == 0).float().mean()),
+    }
+
+
+__all__ = ["UpdateMeans", "group_metrics", "minibatches", "optimizer_step", "single_update"]
