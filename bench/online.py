@@ -26,7 +26,7 @@ How the settings were matched (TRL 1.16 ``GRPOConfig`` field = tether ``GRPOConf
 * sampling: temperature 1, top_p 1, top_k 0 on both;
 * loss: clipped surrogate (ε = 0.2) + β·k3 KL per token, token mean over the batch:
   ``beta=β, epsilon=0.2, loss_type="dapo"`` (normaliser: active tokens of the global batch, which
-  here is the one batch) = ``grpo.beta=β, grpo.clip_eps=0.2, kl.estimator=k3``; advantages
+  here is the one batch) = ``kl.coef=β, grpo.clip_eps=0.2, kl.estimator=k3``; advantages
   standardised within the group: ``scale_rewards="group"`` = ``grpo.normalize_std=true``;
 * reference: TRL builds a second copy of the model from the policy's config path when β > 0;
   tether ``kl.reference=copy`` deep-copies the loaded policy (at β = 0 neither side has one);
@@ -77,21 +77,21 @@ def _prompt_stream(args) -> list[list[dict]]:
 
 
 def run_tether(args) -> dict:
-    """tether's GRPO loop (``tether.trainers.critic_free``) with the settings in the docstring."""
+    """tether's GRPO loop (``tether.trainers.grpo``) with the settings in the docstring."""
     import contextlib
     import io
 
     from tether.config import load_config
-    from tether.trainers.critic_free import GRPOConfig, run_grpo
+    from tether.trainers.grpo import GRPOConfig, run_grpo
 
     out = scratch_dir(prefix="bench-online-tether-")
     cfg = load_config(GRPOConfig, None, [
         f"model.name_or_path={args.model}", "lora.enabled=false", "kl.reference=copy", "kl.estimator=k3",
-        f"grpo.beta={args.beta}", f"grpo.clip_eps={CLIP_EPS}", "grpo.normalize_std=true",
+        f"kl.coef={args.beta}", f"grpo.clip_eps={CLIP_EPS}", "grpo.normalize_std=true",
         "data.path=bundled:review_prompts", "data.eval_prompts=0", "reward.source=vader",
         # Every completion runs the full length, as TRL's min_new_tokens does.
         f"sampling.max_new_tokens={args.new_tokens}", "sampling.stop_at_eos=false", "sampling.temperature=1.0", "sampling.top_p=1.0", "sampling.top_k=0",
-        f"train.output_dir={out}", f"train.steps={args.warmup + args.steps}", f"train.prompts_per_step={args.prompts}",
+        f"train.output_dir={out}", f"train.max_steps={args.warmup + args.steps}", f"train.prompts_per_step={args.prompts}",
         f"train.samples_per_prompt={args.group}", "train.epochs=1", "train.minibatch_size=0", f"train.lr={LR}",
         "train.weight_decay=0", "train.max_grad_norm=1.0", "train.min_lr_ratio=1.0", "train.warmup_ratio=0",
         "train.save_every=0", "train.progress=false", f"train.threads={args.threads}", f"train.seed={SEED}",

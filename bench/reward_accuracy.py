@@ -112,16 +112,17 @@ def gap_breakdown(model_dir: Path, pairs: list[dict], edges=(0.1, 0.5, 1.0, 2.0)
     a pair 0.15 apart is close to a coin flip for any judge but VADER, one 1.5 apart is not."""
     import torch
 
-    from tether.evaluate.reward_metrics import length_baseline_accuracy, pairwise_accuracy
+    from tether.evaluate.reward_metrics import length_baseline_accuracy
+    from tether.losses.reward import pairwise_accuracy
     from tether.models.reward_ensemble import RewardEnsemble, load_reward
-    from tether.trainers.rm import _score_sequences
+    from tether.evaluate.reward_model import score_sequences
 
     model = load_reward(model_dir)
     encoder = model.members[0] if isinstance(model, RewardEnsemble) else model
     prompts = [p["prompt"] for p in pairs]
     chosen = encoder.encode_pairs(prompts, [p["chosen"] for p in pairs])  # (ids, prompt_len) each
     rejected = encoder.encode_pairs(prompts, [p["rejected"] for p in pairs])
-    rewards, _ = _score_sequences(model, chosen + rejected, batch_size=16)  # [2P], the ensemble mean for an ensemble
+    rewards, _ = score_sequences(model, chosen + rejected, batch_size=16)  # [2P], the ensemble mean for an ensemble
     r_chosen, r_rejected = rewards[: len(pairs)], rewards[len(pairs) :]  # [P], [P]
     # Reply tokens as ``tether rm eval`` counts them for its length rule.
     l_chosen = torch.tensor([float(len(ids) - plen) for ids, plen in chosen])  # [P]
@@ -131,7 +132,7 @@ def gap_breakdown(model_dir: Path, pairs: list[dict], edges=(0.1, 0.5, 1.0, 2.0)
     for low, high in zip(edges, edges[1:]):
         band = (gap > low) & (gap <= high)
         if band.any():
-            lines.append(f"({low}, {high}]  {int(band.sum()):>9}  {pairwise_accuracy(r_chosen[band], r_rejected[band]):8.3f}  {length_baseline_accuracy(l_chosen[band], l_rejected[band]):11.3f}")
+            lines.append(f"({low}, {high}]  {int(band.sum()):>9}  {float(pairwise_accuracy(r_chosen[band].double(), r_rejected[band].double())):8.3f}  {length_baseline_accuracy(l_chosen[band], l_rejected[band]):11.3f}")
     return lines
 
 

@@ -68,3 +68,65 @@ def test_section_overrides_keep_the_commands_own_defaults():
     assert cfg.data.path == "auto"  # DPO's default (the bundled set that fits the loss), not the shared DataConfig's
     assert cfg.data.max_length == 128
     assert ("data.path", "str", "'auto'") == describe(DPOConfig)[[r[0] for r in describe(DPOConfig)].index("data.path")][:3]
+
+
+# ---- one name per key across commands --------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["ppo", "grpo", "rloo"])
+def test_old_online_step_key_is_refused_naming_the_new_one(command, capsys):
+    """Every command counts steps with train.max_steps; the online commands' old train.steps, in an
+    override, a YAML mapping or on the command line, is an error that names train.max_steps."""
+    from tether.cli import TRAINING_COMMANDS, _load, main
+    from tether.config import ConfigError, from_dict, load_config
+
+    cls = _load(TRAINING_COMMANDS[command].config)
+    assert load_config(cls, None, ["train.max_steps=3"]).train.max_steps == 3
+    with pytest.raises(ConfigError, match=r"'train\.steps' was renamed: set train\.max_steps"):
+        load_config(cls, None, ["train.steps=3"])
+    with pytest.raises(ConfigError, match=r"train\.max_steps"):
+        from_dict(cls, {"train": {"steps": 3}})
+    assert main([command, "train.steps=3"]) == 2
+    assert "train.max_steps" in capsys.readouterr().err
+
+
+def test_grpo_beta_is_refused_for_the_one_kl_coefficient():
+    """GRPO's KL weight is kl.coef like every online command's (default 0.04 there); setting the old
+    grpo.beta, which used to override kl.coef silently, is an error naming kl.coef."""
+    from tether.config import ConfigError, from_dict, load_config
+    from tether.trainers.grpo import GRPOConfig
+
+    assert GRPOConfig().kl.coef == 0.04 and load_config(GRPOConfig, None, ["kl.coef=0.1"]).kl.coef == 0.1
+    with pytest.raises(ConfigError, match=r"'grpo\.beta' was renamed: set kl\.coef"):
+        load_config(GRPOConfig, None, ["grpo.beta=0.1"])
+    with pytest.raises(ConfigError, match=r"kl\.coef"):
+        from_dict(GRPOConfig, {"grpo": {"beta": 0.1}})
+
+
+def test_literal_choices_come_from_the_enums_that_define_the_variants():
+    """A config field's accepted values are its enum's values (plus 'auto' where it applies), so a
+    new variant is added in one place; a value outside them is refused naming the choices."""
+    import typing
+
+    from tether.config import ConfigError, DataConfig, PreferenceConfig, load_config
+    from tether.data.encode import Truncation
+    from tether.losses.preference import PreferenceLoss
+    from tether.models.reward import Pooling
+    from tether.rl.kl import KLEstimator
+    from tether.trainers.online import KLConfig
+    from tether.trainers.ppo import Critic, PPOSection
+    from tether.trainers.rm import RewardLoss, RewardSection
+
+    def args(cls, name):
+        return typing.get_args(typing.get_type_hints(cls)[name])
+
+    assert args(PreferenceConfig, "loss") == tuple(v.value for v in PreferenceLoss)
+    assert args(DataConfig, "truncation") == tuple(v.value for v in Truncation)
+    assert args(KLConfig, "estimator") == tuple(v.value for v in KLEstimator)
+    assert args(PPOSection, "critic") == tuple(v.value for v in Critic)
+    assert args(RewardSection, "loss") == ("auto", *(v.value for v in RewardLoss))
+    assert args(RewardSection, "pooling") == tuple(v.value for v in Pooling)
+    from tether.config import DPOConfig
+
+    with pytest.raises(ConfigError, match="'dpo', 'cdpo'"):
+        load_config(DPOConfig, None, ["dpo.loss=nope"])

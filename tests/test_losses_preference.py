@@ -11,10 +11,10 @@ import math
 import pytest
 import torch
 
+from tether.rl.logprobs import log1mexp
 from tether.losses.preference import (
     PREFERENCE_LOSSES,
     PreferenceLoss,
-    _log1mexp,
     kto_reference_point,
     preference_loss,
     spec_of,
@@ -126,11 +126,11 @@ def test_orpo_by_hand():
 def test_log1mexp_is_accurate_at_both_ends():
     """log(1 − eˣ): x = −1e−10 -> log(1e−10) (to first order); x = −50 -> −e⁻⁵⁰; x = −1 -> log(1 − 1/e)."""
     x = torch.tensor([-1e-10, -50.0, -1.0], dtype=torch.float64)
-    out = _log1mexp(x)
+    out = log1mexp(x)
     assert abs(out[0].item() - math.log(1e-10)) < 1e-6
     assert abs(out[1].item() + math.exp(-50)) < 1e-30
     assert abs(out[2].item() - math.log(1 - math.exp(-1))) < 1e-12
-    assert torch.isfinite(_log1mexp(torch.tensor([-1e-6], dtype=torch.float32))).all()
+    assert torch.isfinite(log1mexp(torch.tensor([-1e-6], dtype=torch.float32))).all()
 
 
 def test_rpo_by_hand():

@@ -72,3 +72,19 @@ def test_reward_losses_gradcheck_and_property():
     raised = rewards.clone()
     raised[:, 0] += 0.1
     assert (pl(raised) < pl(rewards)).all()
+
+
+def test_training_accuracy_counts_ties_as_half_like_rm_eval():
+    """Gaps +1, 0, −1: one right, one tie, one wrong -> (1 + 1/2 + 0) / 3 = 1/2 in the Bradley–Terry
+    metric, the Plackett–Luce metric over the same pairs, the DPO family's implicit-reward accuracy
+    and the ``tether rm eval`` report alike (one definition, ``pairwise_accuracy``)."""
+    from tether.evaluate.reward_metrics import reward_model_report
+    from tether.losses.preference import preference_loss
+
+    rc, rr = torch.tensor([1.0, 2.0, 0.0]), torch.tensor([0.0, 2.0, 1.0])
+    _, bt = bradley_terry_loss(rc, rr)
+    _, pl = plackett_luce_loss(torch.stack([rc, rr], 1))
+    zero = torch.zeros(3)
+    _, dpo = preference_loss("dpo", policy_chosen=rc, policy_rejected=rr, ref_chosen=zero, ref_rejected=zero, beta=1.0)
+    report = reward_model_report(rc, rr, torch.ones(3), torch.ones(3))
+    assert bt["accuracy"].item() == pl["accuracy"].item() == dpo["rewards/accuracy"].item() == report["accuracy"] == 0.5

@@ -24,7 +24,7 @@ def _raw(tmp_path, name, steps, sampling=None, **train):
         "lora": {"enabled": False},
         "sampling": {"max_new_tokens": 6, **(sampling or {})},
         "data": {"eval_prompts": 0},
-        "train": {"output_dir": str(tmp_path / name), "steps": steps, "progress": False, "save_every": 0, "threads": 1, **train},
+        "train": {"output_dir": str(tmp_path / name), "max_steps": steps, "progress": False, "save_every": 0, "threads": 1, **train},
     }
 
 
@@ -123,18 +123,18 @@ def test_min_new_tokens_is_inert_without_stop_at_eos():
 def test_grpo_without_stop_at_eos_generates_max_new_tokens_every_time(tmp_path, monkeypatch):
     """sampling.stop_at_eos=false: every response of every step is exactly max_new_tokens long
     (checked on the rollouts themselves); one epoch of one minibatch logs no approx-KL / clip fraction."""
-    import tether.trainers.online_run as online_run  # collect() draws the step's replies through it
-    from tether.trainers.critic_free import GRPOConfig, run_grpo
+    import tether.trainers.online.rollout as online_rollout  # collect() draws the step's replies through it
+    from tether.trainers.grpo import GRPOConfig, run_grpo
 
     seen = []
-    sample = online_run.sample_responses
+    sample = online_rollout.sample_responses
 
     def recording(*args, **kw):
         rollout = sample(*args, **kw)
         seen.append(rollout.response_lengths())
         return rollout
 
-    monkeypatch.setattr(online_run, "sample_responses", recording)
+    monkeypatch.setattr(online_rollout, "sample_responses", recording)
     raw = _raw(tmp_path, "full", 2, sampling={"stop_at_eos": False, "temperature": 3.0}, prompts_per_step=2, samples_per_prompt=3)
     run_grpo(from_dict(GRPOConfig, raw), reward_source=LowercaseReward())
     assert len(seen) == 2 and all((lengths == 6).all() for lengths in seen)
@@ -144,7 +144,7 @@ def test_grpo_without_stop_at_eos_generates_max_new_tokens_every_time(tmp_path, 
 
 
 def test_ratio_metrics_logged_with_several_updates(tmp_path):
-    from tether.trainers.critic_free import GRPOConfig, run_grpo
+    from tether.trainers.grpo import GRPOConfig, run_grpo
 
     raw = _raw(tmp_path, "two", 1, prompts_per_step=2, samples_per_prompt=2, epochs=2)
     run_grpo(from_dict(GRPOConfig, raw), reward_source=LowercaseReward())
@@ -181,16 +181,14 @@ def test_zero_kl_coefficient_never_touches_the_reference(tmp_path, reference_cal
     """β = 0 (fixed): no reference built (not even the frozen copy of kl.reference=copy), none run,
     in training or the held-out evaluation; kl/ref goes unlogged, the KL monitor stays quiet,
     and everything else is logged as usual."""
-    from tether.trainers.critic_free import GRPOConfig, RLOOConfig, run_grpo, run_rloo
+    from tether.trainers.grpo import GRPOConfig, run_grpo
+    from tether.trainers.rloo import RLOOConfig, run_rloo
     from tether.trainers.ppo import PPOConfig, run_ppo
 
     cls, run = {"ppo": (PPOConfig, run_ppo), "grpo": (GRPOConfig, run_grpo), "rloo": (RLOOConfig, run_rloo)}[algo]
     raw = _raw(tmp_path, algo, 3, prompts_per_step=2, samples_per_prompt=2, monitor_window=2)
     raw["data"] = {"eval_prompts": 2, "eval_samples": 1}
     raw["kl"] = {"reference": "copy", "coef": 0.0}
-    if algo == "grpo":
-        raw["grpo"] = {"beta": 0.0}
-        raw["kl"] = {"reference": "copy"}  # GRPO's β is grpo.beta; kl.coef is not what counts
     rows = run(from_dict(cls, raw), reward_source=LowercaseReward())
     assert reference_calls == {"built": 0, "logprobs": 0}
     metrics = _metrics(tmp_path / algo)
@@ -201,7 +199,7 @@ def test_zero_kl_coefficient_never_touches_the_reference(tmp_path, reference_cal
 
 
 def test_nonzero_or_adaptive_kl_still_uses_the_reference(tmp_path, reference_calls):
-    from tether.trainers.critic_free import RLOOConfig, run_rloo
+    from tether.trainers.rloo import RLOOConfig, run_rloo
 
     raw = _raw(tmp_path, "adaptive", 1, prompts_per_step=2, samples_per_prompt=2)
     raw["kl"] = {"coef": 0.0, "adaptive": True}  # the controller may move β away from 0

@@ -25,7 +25,7 @@ def _common(tmp_path, name, steps, **train):
         "lora": {"enabled": False},
         "sampling": {"max_new_tokens": 6},
         "data": {"eval_prompts": 0},
-        "train": {"output_dir": str(tmp_path / name), "steps": steps, "progress": False, "save_every": 0, "threads": 1, **train},
+        "train": {"output_dir": str(tmp_path / name), "max_steps": steps, "progress": False, "save_every": 0, "threads": 1, **train},
     }
 
 
@@ -157,7 +157,8 @@ def test_ppo_raises_toy_reward(tmp_path):
 
 @pytest.mark.parametrize("algo", ["grpo", "rloo"])
 def test_critic_free_raises_toy_reward(tmp_path, algo):
-    from tether.trainers.critic_free import GRPOConfig, RLOOConfig, run_grpo, run_rloo
+    from tether.trainers.grpo import GRPOConfig, run_grpo
+    from tether.trainers.rloo import RLOOConfig, run_rloo
 
     cls, run = {"grpo": (GRPOConfig, run_grpo), "rloo": (RLOOConfig, run_rloo)}[algo]
     cfg = from_dict(cls, _common(tmp_path, algo, 25, prompts_per_step=4, samples_per_prompt=4, lr=3e-3))
@@ -195,7 +196,7 @@ def test_ppo_resume_after_interruption_matches_uninterrupted_run(tmp_path):
 
 def test_grpo_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     """The critic-free loop restores policy, optimizer, KL controller and RNG like PPO does."""
-    from tether.trainers.critic_free import GRPOConfig, run_grpo
+    from tether.trainers.grpo import GRPOConfig, run_grpo
 
     def cfg(name):
         raw = _common(tmp_path, name, 4, prompts_per_step=2, samples_per_prompt=3, epochs=2, minibatch_size=3, lr=1e-3, save_every=2)
@@ -235,7 +236,7 @@ def test_lora_ppo_with_separate_critic_and_held_out_eval(tmp_path):
 
 
 def test_critic_free_rejects_group_of_one(tmp_path):
-    from tether.trainers.critic_free import GRPOConfig, run_grpo
+    from tether.trainers.grpo import GRPOConfig, run_grpo
 
     cfg = from_dict(GRPOConfig, _common(tmp_path, "g1", 1, samples_per_prompt=1))
     with pytest.raises(ValueError, match="samples_per_prompt"):
@@ -243,7 +244,7 @@ def test_critic_free_rejects_group_of_one(tmp_path):
 
 
 def test_max_minutes_stops_early_and_still_saves(tmp_path):
-    from tether.trainers.critic_free import RLOOConfig, run_rloo
+    from tether.trainers.rloo import RLOOConfig, run_rloo
 
     cfg = from_dict(RLOOConfig, _common(tmp_path, "budget", 50, prompts_per_step=2, samples_per_prompt=2, max_minutes=1e-6))
     rows = run_rloo(cfg, reward_source=LowercaseReward())

@@ -9,15 +9,14 @@ from tether.evaluate.reward_metrics import (
     calibration_bins,
     expected_calibration_error,
     length_baseline_accuracy,
-    pairwise_accuracy,
-    ranking_pairs,
     reward_model_report,
 )
+from tether.losses.reward import pairwise_accuracy, ranking_pairs
 
 
 def test_accuracy_counts_ties_as_half():
     """Gaps +1, −1, 0, +2: two right, one wrong, one tie -> (1 + 0 + 0.5 + 1) / 4 = 0.625."""
-    assert pairwise_accuracy(torch.tensor([1.0, 0.0, 3.0, 2.0]), torch.tensor([0.0, 1.0, 3.0, 0.0])) == pytest.approx(0.625)
+    assert float(pairwise_accuracy(torch.tensor([1.0, 0.0, 3.0, 2.0]), torch.tensor([0.0, 1.0, 3.0, 0.0]))) == pytest.approx(0.625)
 
 
 def test_length_baseline():

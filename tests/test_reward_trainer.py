@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tether.config import load_config
-from tether.trainers.rm import RewardLoss, RMConfig, run_rm_eval, run_rm_train
+from tether.evaluate.reward_model import run_rm_eval
+from tether.trainers.rm import RewardLoss, RMConfig, run_rm_train
 
 ITEMS = ["apple", "river", "stone", "cloud", "maple", "ember", "frost", "grain", "harbor", "island", "kettle", "lemon", "meadow", "nickel", "orchid", "pepper"]
 
@@ -155,11 +156,11 @@ def test_cli_rm_score_and_eval(tmp_path):
     assert len(rows) == 24 and {"reward_chosen", "reward_rejected"} <= set(rows[0])
     assert main(["rm", "eval", "--model", str(out / "model"), "--data", str(data), "--output", str(tmp_path / "m.json")]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
-    from tether.evaluate.reward_metrics import pairwise_accuracy
+    from tether.losses.reward import pairwise_accuracy
 
     chosen = torch.tensor([r["reward_chosen"] for r in rows])
     rejected = torch.tensor([r["reward_rejected"] for r in rows])
-    assert metrics["accuracy"] == pytest.approx(pairwise_accuracy(chosen, rejected))
+    assert metrics["accuracy"] == pytest.approx(float(pairwise_accuracy(chosen, rejected)))
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -259,7 +260,7 @@ def test_rm_score_writes_each_head_and_ensemble_mean_and_spread(tmp_path):
     """Two heads: 'reward' in the file is the weighted sum of the 'objectives' columns.
     An ensemble: 'reward' = mean − penalty·spread."""
     from tether.models.reward import RewardModel
-    from tether.trainers.rm import run_rm_score
+    from tether.evaluate.reward_model import run_rm_score
 
     data = _pairs_file(tmp_path / "pairs.jsonl", n=6)
     from tether.models import tiny_model_and_tokenizer

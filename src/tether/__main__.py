@@ -1,6 +1,6 @@
-"""`python -m tether ...` runs the same CLI as the `tether` command."""
+"""`python -m tether ...` runs the same CLI as the `tether` command (and exits with its status)."""
 
 from tether.cli import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -41,19 +41,19 @@ TRAINING_COMMANDS: dict[str, TrainingCommand] = {
         "tether.trainers.ppo:PPOConfig",
         "tether.trainers.ppo:run_ppo",
         "Online RL with PPO: value head (or critic), GAE, clipped surrogate, KL penalty to the reference.",
-        {"--reward": "reward.source", "--max-steps": "train.steps"},
+        {"--reward": "reward.source"},
     ),
     "grpo": TrainingCommand(
-        "tether.trainers.critic_free:GRPOConfig",
-        "tether.trainers.critic_free:run_grpo",
-        "Online RL with GRPO: group-relative advantages, no critic, KL to the reference in the loss.",
-        {"--reward": "reward.source", "--max-steps": "train.steps"},
+        "tether.trainers.grpo:GRPOConfig",
+        "tether.trainers.grpo:run_grpo",
+        "Online RL with GRPO: group-relative advantages, no critic, KL to the reference (kl.coef) in the loss.",
+        {"--reward": "reward.source"},
     ),
     "rloo": TrainingCommand(
-        "tether.trainers.critic_free:RLOOConfig",
-        "tether.trainers.critic_free:run_rloo",
+        "tether.trainers.rloo:RLOOConfig",
+        "tether.trainers.rloo:run_rloo",
         "Online RL with RLOO: REINFORCE with a leave-one-out group baseline, KL penalty in the reward.",
-        {"--reward": "reward.source", "--max-steps": "train.steps"},
+        {"--reward": "reward.source"},
     ),
 }
 
@@ -126,11 +126,61 @@ def _data_check(args: argparse.Namespace) -> int:
     return 1 if loaded.skipped else 0
 
 
-def _add_rm_parser(sub) -> None:
-    """`tether rm train | eval | score` (sub-commands, so not in TRAINING_COMMANDS)."""
-    from tether.trainers.rm import add_rm_commands
+def _parse_weights(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    out = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if not value:
+            raise ValueError(f"--weights expects name=value pairs separated by commas, got {item!r}")
+        out[name.strip()] = float(value)
+    return out
 
-    add_rm_commands(sub, _add_training_parser, TrainingCommand)
+
+def _rm_eval(args) -> int:
+    from tether.evaluate.reward_model import run_rm_eval
+
+    run_rm_eval(args.model, args.data, args.max_length, args.batch_size, args.output)
+    return 0
+
+
+def _rm_score(args) -> int:
+    from tether.evaluate.reward_model import run_rm_score
+
+    run_rm_score(args.model, args.input, args.output, _parse_weights(args.weights), args.penalty, args.batch_size)
+    return 0
+
+
+def _add_rm_parser(sub) -> None:
+    """``tether rm train | eval | score`` (sub-commands, so not in TRAINING_COMMANDS)."""
+    rm = sub.add_parser("rm", help="Reward models: train, evaluate, score.", description="Reward models: train, evaluate, score.")
+    actions = rm.add_subparsers(dest="rm_command", metavar="<action>", required=True)
+    _add_training_parser(
+        actions,
+        "train",
+        TrainingCommand(
+            "tether.trainers.rm:RMConfig",
+            "tether.trainers.rm:run_rm_train",
+            "Train a reward model (or an ensemble) on preference pairs or rankings.",
+            {"--ensemble-size": "rm.ensemble_size"},
+        ),
+    )
+    e = actions.add_parser("eval", help="Held-out accuracy, calibration (ECE), reward distribution and the length-only baseline.")
+    e.add_argument("--model", required=True, help="a directory written by `tether rm train` (<output>/model)")
+    e.add_argument("--data", default="bundled:preferences", help="preference pairs or rankings")
+    e.add_argument("--max-length", type=int, default=None, help="tokens per sequence (default: the model's)")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--output", default=None, help="also write the metrics as JSON here")
+    e.set_defaults(_handler=_rm_eval)
+    s = actions.add_parser("score", help="Score the completions of a data file; writes JSONL with rewards.")
+    s.add_argument("--model", required=True, help="a directory written by `tether rm train` (<output>/model)")
+    s.add_argument("--input", required=True, help="demonstrations (prompt, completion), pairs or rankings")
+    s.add_argument("--output", required=True, help="JSONL file to write")
+    s.add_argument("--weights", default=None, help="objective weights, e.g. helpful=1,harmless=0.5 (default: the model's)")
+    s.add_argument("--penalty", type=float, default=None, help="ensembles: lambda in mean - lambda * std (default: the one saved)")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.set_defaults(_handler=_rm_score)
 
 
 def build_parser() -> argparse.ArgumentParser:

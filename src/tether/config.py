@@ -15,8 +15,12 @@ import difflib
 import types
 import typing
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
+
+from tether.data.encode import Truncation
+from tether.losses.preference import PreferenceLoss
 
 
 class ConfigError(ValueError):
@@ -28,6 +32,21 @@ def opt(default: Any, help: str, **kwargs: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
     return field(default=default, metadata={"help": help}, **kwargs)
+
+
+def choices(variants: type[Enum], *extra: str) -> Any:
+    """``Literal[...]`` of an enum's values (and ``extra`` ones such as 'auto' first), for a config
+    field whose choices are the variants the enum defines: a new variant is added in one place."""
+    return Literal[tuple([*extra, *(member.value for member in variants)])]
+
+
+def renamed(cls: type, key: str) -> str | None:
+    """The key that replaced ``key`` in section ``cls`` (its ``RENAMED`` class attribute), if any."""
+    return getattr(cls, "RENAMED", {}).get(key)
+
+
+def _renamed_error(old: str, new: str) -> ConfigError:
+    return ConfigError(f"'{old}' was renamed: set {new} instead (same meaning)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,6 +72,10 @@ class LoRAConfig:
     target_modules: str = opt("all-linear", "Comma-separated module names to adapt, or 'all-linear'.")
 
 
+TruncationName = choices(Truncation)
+PreferenceLossName = choices(PreferenceLoss)
+
+
 @dataclass
 class DataConfig:
     path: str = opt("bundled:demonstrations", "Training data: a JSON, JSONL, CSV or Parquet file, a saved Hugging Face dataset directory, or bundled:<name>. For `tether dpo`, 'auto' (its default) is the bundled set that fits dpo.loss.")
@@ -60,32 +83,42 @@ class DataConfig:
     eval_fraction: float = opt(0.05, "Fraction of the training data held out for evaluation when eval_path is unset (0 disables evaluation).")
     split: str = opt("train", "Split to read from a saved Hugging Face DatasetDict.")
     max_length: int = opt(512, "Maximum tokens per sequence (prompt + completion).")
-    truncation: Literal["truncate_prompt", "truncate_completion", "drop"] = opt("truncate_prompt", "What to do with over-long examples: cut the prompt's start first, cut the completion's end, or drop the example. Every case is counted and reported.")
+    truncation: TruncationName = opt("truncate_prompt", "What to do with over-long examples: cut the prompt's start first, cut the completion's end, or drop the example. Every case is counted and reported.")
     on_error: Literal["raise", "skip"] = opt("raise", "Malformed rows: stop with an error naming file, line and field, or skip them and report which.")
     pack: bool = opt(False, "Pack several sequences into one row (position ids restart per sequence) so no compute goes to padding.")
 
 
 @dataclass
-class TrainConfig:
+class TrainingBase:
+    """The training keys every command shares, offline (``TrainConfig``) and online
+    (``tether.trainers.online.OnlineTrainConfig``): output, optimiser, schedule, seed, checkpoints.
+    The defaults here are the offline ones; an online command's section sets its own. ``epochs``
+    and ``max_steps`` are each command's own: they count different things (passes over the data
+    offline, passes over a step's responses online) and only offline runs can end by epochs."""
+
     output_dir: str = opt("runs/sft", "Directory for checkpoints, logs and the final model.")
-    epochs: float = opt(1.0, "Passes over the training data (fractions allowed).")
-    max_steps: int | None = opt(None, "Stop after this many optimizer steps (overrides epochs).")
-    batch_size: int = opt(8, "Examples per optimizer step.")
-    micro_batch_size: int = opt(8, "Examples per forward/backward pass; gradients accumulate over batch_size / micro_batch_size passes.")
     lr: float = opt(2e-5, "Peak learning rate.")
-    min_lr_ratio: float = opt(0.1, "Cosine decay ends at lr * min_lr_ratio.")
-    warmup_ratio: float = opt(0.1, "Fraction of steps spent warming the learning rate up linearly from zero.")
+    min_lr_ratio: float = opt(0.1, "Cosine decay ends at lr * min_lr_ratio (1.0: constant after warm-up).")
+    warmup_ratio: float = opt(0.1, "Fraction of the optimizer steps spent warming the learning rate up linearly from zero.")
     weight_decay: float = opt(0.0, "AdamW weight decay (not applied to biases and norms).")
     adam_betas: list[float] = opt([0.9, 0.999], "AdamW betas.")
     max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this value (0 disables).")
     seed: int = opt(0, "Seed for data order, initialisation of new heads and sampling.")
-    log_every: int = opt(1, "Log metrics every N steps.")
-    eval_every: int = opt(0, "Evaluate every N steps (0: only at the end).")
     save_every: int = opt(50, "Write a checkpoint every N steps (0: only at the end).")
     keep_checkpoints: int = opt(2, "How many recent checkpoints to keep.")
     resume: bool = opt(False, "Continue from the latest checkpoint in output_dir.")
     threads: int | None = opt(None, "torch CPU threads (default: torch's choice).")
     progress: bool = opt(True, "Show a progress bar.")
+
+
+@dataclass
+class TrainConfig(TrainingBase):
+    epochs: float = opt(1.0, "Passes over the training data (fractions allowed).")
+    max_steps: int | None = opt(None, "Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = opt(8, "Examples per optimizer step.")
+    micro_batch_size: int = opt(8, "Examples per forward/backward pass; gradients accumulate over batch_size / micro_batch_size passes.")
+    log_every: int = opt(1, "Log metrics every N steps.")
+    eval_every: int = opt(0, "Evaluate every N steps (0: only at the end).")
     sample_prompts: list[str] = opt(["How do I reverse a list in Python?"], "Prompts to generate from with the final model, printed at the end of the run ([] for none).")
     sample_max_new_tokens: int = opt(64, "Tokens to generate for each sample prompt.")
 
@@ -200,6 +233,8 @@ def from_dict(cls: type, values: dict[str, Any], prefix: str = "", base: Any = N
     kwargs = {}
     for key, value in (values or {}).items():
         if key not in names:
+            if renamed(cls, key):
+                raise _renamed_error(prefix + key, renamed(cls, key))
             raise _unknown(prefix + key, names)
         if dataclasses.is_dataclass(hints[key]):
             if not isinstance(value, dict):
@@ -225,6 +260,8 @@ def apply_overrides(values: dict[str, Any], overrides: list[str], cls: type) -> 
         node_cls, node = cls, values
         for depth, part in enumerate(parts):
             fields = {f.name: f for f in dataclasses.fields(node_cls)}
+            if part not in fields and renamed(node_cls, part):
+                raise _renamed_error(".".join(parts[: depth + 1]), renamed(node_cls, part))
             if part not in fields:
                 raise _unknown(".".join(parts[: depth + 1]), list(fields))
             hint = typing.get_type_hints(node_cls)[part]
@@ -296,7 +333,7 @@ class SFTConfig:
 
 @dataclass
 class PreferenceConfig:
-    loss: Literal["dpo", "cdpo", "robust", "ipo", "hinge", "simpo", "orpo", "rpo", "kto", "listwise"] = opt("dpo", "Preference loss: dpo (sigmoid), cdpo (label-smoothed), robust (unbiased under label noise), ipo, hinge (SLiC), simpo, orpo, rpo (DPO + NLL), kto (unpaired good/bad), listwise (rankings, Plackett-Luce over implicit rewards).")
+    loss: PreferenceLossName = opt("dpo", "Preference loss: dpo (sigmoid), cdpo (label-smoothed), robust (unbiased under label noise), ipo, hinge (SLiC), simpo, orpo, rpo (DPO + NLL), kto (unpaired good/bad), listwise (rankings, Plackett-Luce over implicit rewards).")
     beta: float = opt(0.1, "Strength of the pull towards the reference (the inverse temperature of the implicit reward). For ORPO the weight of the odds-ratio term.")
     label_smoothing: float = opt(0.0, "Assumed probability that a preference label is flipped (cdpo, robust).")
     simpo_gamma: float = opt(0.5, "SimPO target reward margin gamma.")

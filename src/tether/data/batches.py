@@ -48,10 +48,10 @@ class TokenBatch:
         return type(self)(**moved)
 
     def per_sequence(self, token_values: torch.Tensor) -> torch.Tensor:
-        """Sum ``token_values`` [R, T] over each sequence's loss tokens -> [N]."""
-        mask = self.loss_mask
-        sums = token_values.new_zeros(self.num_sequences)
-        return sums.index_add(0, self.sequence_ids[mask], token_values[mask])
+        """Sum ``token_values`` [R, T] over each sequence's loss tokens -> [N] (``losses.reduce.sum_per_sequence``)."""
+        from tether.losses.reduce import sum_per_sequence
+
+        return sum_per_sequence(token_values, self.sequence_ids, self.loss_mask, self.num_sequences)
 
     def loss_tokens_per_sequence(self) -> torch.Tensor:
         """Completion tokens per sequence -> [N] float."""

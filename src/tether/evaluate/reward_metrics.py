@@ -1,7 +1,9 @@
 """Reward-model evaluation math: pairwise accuracy, calibration, reward distribution, length baseline.
 
 All functions take plain tensors of per-pair values, so they are tested by hand and reused by
-``tether rm eval``, the trainer's final report and the benchmarks.
+``tether rm eval``, the trainer's final report and the benchmarks. Pair accuracy and the pair
+enumeration of rankings are ``tether.losses.reward.pairwise_accuracy`` / ``ranking_pairs``, the
+same functions the training metrics use (ties count 1/2 in both).
 
 Calibration. A Bradley–Terry reward model predicts P(chosen beats rejected) = σ(r_c − r_r). We
 score it as a classifier of "which of the two wins": its confidence is max(p, 1 − p), it is
@@ -17,27 +19,19 @@ from __future__ import annotations
 
 import torch
 
-
-def _half_credit_for_ties(diff: torch.Tensor) -> torch.Tensor:
-    """1 where diff > 0, 1/2 where diff == 0, 0 otherwise: a tie is a coin flip."""
-    return (diff > 0).double() + 0.5 * (diff == 0).double()
-
-
-def pairwise_accuracy(rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor) -> float:
-    """Fraction of pairs with r_c > r_r (ties count 1/2). [N], [N] -> float."""
-    return float(_half_credit_for_ties(rewards_chosen.double() - rewards_rejected.double()).mean())
+from tether.losses.reward import pair_credit, pairwise_accuracy
 
 
 def length_baseline_accuracy(length_chosen: torch.Tensor, length_rejected: torch.Tensor) -> float:
     """Accuracy of the rule "the longer response wins" (equal lengths count 1/2). [N], [N] -> float."""
-    return float(_half_credit_for_ties(length_chosen.double() - length_rejected.double()).mean())
+    return float(pairwise_accuracy(length_chosen.double(), length_rejected.double()))
 
 
 def calibration_bins(rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor, num_bins: int = 10) -> list[dict[str, float]]:
     """Per-bin count, mean confidence and accuracy of σ(r_c − r_r) (see the module docstring)."""
     p = torch.sigmoid(rewards_chosen.double() - rewards_rejected.double())  # [N]
     confidence = torch.maximum(p, 1 - p)  # [N], in [1/2, 1]
-    correct = _half_credit_for_ties(p - 0.5)  # [N]
+    correct = pair_credit(p - 0.5)  # [N]
     index = ((confidence - 0.5) / 0.5 * num_bins).floor().clamp(0, num_bins - 1).long()  # [N]; confidence 1 joins the top bin
     bins = []
     for b in range(num_bins):
@@ -77,16 +71,6 @@ def reward_distribution(rewards: torch.Tensor) -> dict[str, float]:
     }
 
 
-def ranking_pairs(scores: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every ordered pair (better, worse) of best-first rankings [N, K] -> (better [P], worse [P])."""
-    n, k = scores.shape
-    mask = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask.bool()
-    before = torch.ones(k, k, dtype=torch.bool, device=scores.device).triu(1)  # [K, K], i < j
-    pairs = before & mask.unsqueeze(2) & mask.unsqueeze(1)  # [N, K, K]
-    rows, i, j = pairs.nonzero(as_tuple=True)
-    return scores[rows, i], scores[rows, j]
-
-
 def reward_model_report(
     rewards_chosen: torch.Tensor,
     rewards_rejected: torch.Tensor,
@@ -99,7 +83,7 @@ def reward_model_report(
     """Everything ``tether rm eval`` prints, for N (better, worse) pairs."""
     report = {
         "pairs": float(rewards_chosen.numel()),
-        "accuracy": pairwise_accuracy(rewards_chosen, rewards_rejected),
+        "accuracy": float(pairwise_accuracy(rewards_chosen.double(), rewards_rejected.double())),
         "length_baseline_accuracy": length_baseline_accuracy(length_chosen, length_rejected),
         "ece": expected_calibration_error(rewards_chosen, rewards_rejected, num_bins),
         "margin_mean": float((rewards_chosen - rewards_rejected).double().mean()),
@@ -116,8 +100,6 @@ __all__ = [
     "calibration_bins",
     "expected_calibration_error",
     "length_baseline_accuracy",
-    "pairwise_accuracy",
-    "ranking_pairs",
     "reward_distribution",
     "reward_model_report",
 ]

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from tether.losses.reduce import masked_mean
-from tether.losses.reward import pairwise_accuracy, plackett_luce_nll
+from tether.losses.reward import pairwise_accuracy, plackett_luce_nll, ranking_accuracy
+from tether.rl.logprobs import log1mexp
 
 Metrics = dict[str, torch.Tensor]
 
@@ -74,7 +75,7 @@ def _paired_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor
         "rewards/chosen": c.mean(),
         "rewards/rejected": r.mean(),
         "rewards/margin": (c - r).mean(),
-        "rewards/accuracy": (c > r).to(c.dtype).mean(),
+        "rewards/accuracy": pairwise_accuracy(c, r),  # ties count 1/2, as in `tether rm eval`
         "logps/chosen": policy_chosen.detach().mean(),
         "logps/rejected": policy_rejected.detach().mean(),
     }
@@ -91,18 +92,6 @@ def _reference_paired(policy_chosen, policy_rejected, ref_chosen, ref_rejected, 
 def _sigmoid_losses(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(−log σ(z), −log σ(−z)): the loss if the label is right, and if it is flipped."""
     return -F.logsigmoid(logits), -F.logsigmoid(-logits)
-
-
-def _log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """log(1 − exp(x)) for x < 0, accurate everywhere (Mächler 2012).
-
-    Near 0, 1 − exp(x) cancels: use log(−expm1(x)); far below, exp(x) is tiny: log1p(−exp(x)).
-    """
-    near_zero = x > -0.6931471805599453  # −log 2
-    # Evaluate each branch only where it is accurate; the other input is a harmless stand-in.
-    a = torch.log(-torch.expm1(torch.where(near_zero, x, torch.full_like(x, -1.0))))
-    b = torch.log1p(-torch.exp(torch.where(near_zero, torch.full_like(x, -1.0), x)))
-    return torch.where(near_zero, a, b)
 
 
 # --------------------------------------------------------------------------- paired, with reference
@@ -209,7 +198,7 @@ def orpo_loss(policy_chosen, policy_rejected, chosen_len, rejected_len, *, beta:
     """
     mean_chosen = (policy_chosen / chosen_len.to(policy_chosen.dtype)).clamp(max=-1e-6)  # [N]
     mean_rejected = (policy_rejected / rejected_len.to(policy_rejected.dtype)).clamp(max=-1e-6)  # [N]
-    log_odds_ratio = (mean_chosen - _log1mexp(mean_chosen)) - (mean_rejected - _log1mexp(mean_rejected))  # [N]
+    log_odds_ratio = (mean_chosen - log1mexp(mean_chosen)) - (mean_rejected - log1mexp(mean_rejected))  # [N]
     nll = -mean_chosen
     metrics = _paired_metrics(beta * mean_chosen, beta * mean_rejected, policy_chosen, policy_rejected)
     metrics["nll/chosen"] = nll.detach().mean()
@@ -290,7 +279,7 @@ def listwise_loss(policy_logps, ref_logps, *, beta: float = 0.1, mask: torch.Ten
     valid = torch.ones_like(policy_logps, dtype=torch.bool) if mask is None else mask.bool()
     scores = beta * (policy_logps - ref_logps)  # [N, K]
     losses = plackett_luce_nll(scores, valid)  # [N]
-    accuracy, margin = pairwise_accuracy(scores, valid)
+    accuracy, margin = ranking_accuracy(scores, valid)
     s = scores.detach()
     metrics = {
         "rewards/chosen": s[:, 0].mean(),

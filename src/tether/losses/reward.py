@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tether.losses.reduce import masked_mean
 
 
 def plackett_luce_nll(scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -45,19 +44,47 @@ def plackett_luce_nll(scores: torch.Tensor, mask: torch.Tensor | None = None) ->
     return per_choice.sum(-1)
 
 
-def pairwise_accuracy(scores: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fraction of ordered pairs (i before j, both valid) with s_i > s_j, and their mean gap s_i − s_j.
+def pair_credit(diff: torch.Tensor) -> torch.Tensor:
+    """Credit of each (better, worse) pair from its score gap: 1 where diff > 0, 1/2 where diff == 0
+    (a tie is a coin flip), 0 otherwise; in ``diff``'s dtype, same shape."""
+    return (diff > 0).to(diff.dtype) + 0.5 * (diff == 0).to(diff.dtype)
 
-    ``scores`` [N, K] best first; returns two detached scalars. For K = 2 this is the usual
-    pair accuracy and mean margin.
+
+def pairwise_accuracy(better: torch.Tensor, worse: torch.Tensor) -> torch.Tensor:
+    """Fraction of pairs scored in order, ties counting 1/2 -> a detached scalar in the inputs' dtype.
+
+    ``better``, ``worse`` [P]: the scores of the preferred and the other item of each pair. This
+    one definition serves the training metrics (reward losses, the DPO family's implicit rewards)
+    and ``tether rm eval``, so the accuracy of a model is the same number in both. No pairs: NaN.
+    """
+    return pair_credit(better.detach() - worse.detach()).mean()
+
+
+def ranking_pairs(scores: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every ordered pair (better, worse) of best-first rankings [N, K] -> (better [P], worse [P]).
+
+    Pairs come ranking by ranking, and within a ranking as (i, j) with i < j in row-major order;
+    ``mask`` [N, K] leaves out the slots a shorter ranking does not have. K = 2: one pair per row.
     """
     n, k = scores.shape
     mask = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask.bool()
-    s = scores.detach()
-    gap = s.unsqueeze(2) - s.unsqueeze(1)  # [N, K, K], gap[n, i, j] = s_i − s_j
-    before = torch.ones(k, k, dtype=torch.bool, device=s.device).triu(1)  # i < j
+    before = torch.ones(k, k, dtype=torch.bool, device=scores.device).triu(1)  # [K, K], i < j
     pairs = before & mask.unsqueeze(2) & mask.unsqueeze(1)  # [N, K, K]
-    return masked_mean((gap > 0).to(s.dtype), pairs), masked_mean(gap, pairs)
+    rows, i, j = pairs.nonzero(as_tuple=True)
+    return scores[rows, i], scores[rows, j]
+
+
+def ranking_accuracy(scores: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pairwise_accuracy`` over every ordered pair of best-first rankings, and the pairs' mean gap.
+
+    ``scores`` [N, K] best first; returns two detached scalars (0 and 0 when there is no pair).
+    For K = 2 this is the usual pair accuracy and mean margin.
+    """
+    better, worse = ranking_pairs(scores.detach(), mask)  # [P], [P]
+    if better.numel() == 0:
+        zero = scores.new_zeros(()).detach()
+        return zero, zero
+    return pairwise_accuracy(better, worse), (better - worse).mean()
 
 
 def bradley_terry_loss(
@@ -77,7 +104,7 @@ def bradley_terry_loss(
     (r_c + r_r)² = 4·(mean of the pair)², it pulls the reward scale to be centred on zero
     without changing which completion wins; ``centering_coef`` c is 0 (off) by default.
 
-    Metrics: ``accuracy`` (r_c > r_r), ``margin`` (mean r_c − r_r), ``rewards/chosen``,
+    Metrics: ``accuracy`` (r_c > r_r, ties 1/2), ``margin`` (mean r_c − r_r), ``rewards/chosen``,
     ``rewards/rejected`` (means).
     """
     diff = rewards_chosen - rewards_rejected  # [N]
@@ -87,7 +114,7 @@ def bradley_terry_loss(
         losses = losses + centering_coef * (rewards_chosen + rewards_rejected) ** 2
     d = diff.detach()
     metrics = {
-        "accuracy": (d > 0).to(d.dtype).mean(),
+        "accuracy": pairwise_accuracy(rewards_chosen, rewards_rejected),
         "margin": d.mean(),
         "rewards/chosen": rewards_chosen.detach().mean(),
         "rewards/rejected": rewards_rejected.detach().mean(),
@@ -109,7 +136,7 @@ def plackett_luce_loss(
     completions. The centring term generalises Bradley–Terry's: the squared sum of a
     ranking's valid rewards. With K = 2 the loss equals ``bradley_terry_loss``.
 
-    Metrics: ``accuracy`` (fraction of ordered pairs scored in order), ``margin`` (mean gap of
+    Metrics: ``accuracy`` (fraction of ordered pairs scored in order, ties 1/2), ``margin`` (mean gap of
     ordered pairs), ``rewards/best`` (mean reward of the top completion).
     """
     losses = plackett_luce_nll(rewards, mask)  # [N]
@@ -117,6 +144,6 @@ def plackett_luce_loss(
     if centering_coef:
         total = torch.where(valid, rewards, torch.zeros((), dtype=rewards.dtype, device=rewards.device)).sum(-1)  # [N]
         losses = losses + centering_coef * total**2
-    accuracy, margin = pairwise_accuracy(rewards, valid)
+    accuracy, margin = ranking_accuracy(rewards, valid)
     metrics = {"accuracy": accuracy, "margin": margin, "rewards/best": rewards.detach()[:, 0].mean()}
     return losses, metrics

@@ -62,6 +62,34 @@ def forward_hidden(model, input_ids, position_ids=None, attention_mask=None) -> 
     return out.last_hidden_state  # [R, T, H]
 
 
+def masked_token_logprobs(hidden, head: nn.Linear, targets, mask, temperature: float = 1.0, chunk_size: int = 1024, return_entropy: bool = False):
+    """Gather -> chunked log-probs: the log-prob of ``targets`` at the M positions where ``mask`` is
+    True -> ``(logprobs [M], entropy [M] or None)``, in ``mask.nonzero()`` order.
+
+    ``hidden`` [*, H], ``targets`` [*] long, ``mask`` [*] bool. The head runs on those M rows only,
+    in chunks (``tether.rl.token_logprobs``), so no [*, V] logits are held. ``scatter_masked`` puts
+    the values back. The offline trainers (``forward_token_logprobs``) and the online ones
+    (``trainers.online.batch.response_logprobs``) both go through here.
+    """
+    mask = mask.to(device=hidden.device, dtype=torch.bool)
+    result = token_logprobs(
+        hidden[mask],  # [M, H]
+        head.weight,
+        targets.to(hidden.device)[mask],  # [M]
+        bias=head.bias,
+        temperature=temperature,
+        chunk_size=chunk_size,
+        return_entropy=return_entropy,
+    )
+    return result if return_entropy else (result, None)
+
+
+def scatter_masked(values, mask):
+    """[M] values back to ``mask``'s shape [*], zeros off the mask (the inverse of ``hidden[mask]``); differentiable."""
+    mask = mask.to(device=values.device, dtype=torch.bool)
+    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).index_put(mask.nonzero(as_tuple=True), values)
+
+
 def forward_token_logprobs(
     model,
     batch,
@@ -78,27 +106,10 @@ def forward_token_logprobs(
     """
     _, head = backbone_and_head(model)
     hidden = forward_hidden(model, batch.input_ids, batch.position_ids, batch.attention_mask)  # [R, T, H]
-    loss_mask = batch.loss_mask.to(device=hidden.device, dtype=torch.bool)  # [R, T]
-    selected_hidden = hidden[loss_mask]  # [M, H]
-    selected_targets = batch.target_ids.to(hidden.device)[loss_mask]  # [M]
-    result = token_logprobs(
-        selected_hidden,
-        head.weight,
-        selected_targets,
-        bias=head.bias,
-        temperature=temperature,
-        chunk_size=chunk_size,
-        return_entropy=return_entropy,
-    )
-    positions = loss_mask.nonzero(as_tuple=True)  # ([M], [M])
-
-    def scatter(values):  # [M] -> [R, T], zeros off the mask, differentiable
-        return torch.zeros(loss_mask.shape, dtype=values.dtype, device=values.device).index_put(positions, values)
-
+    logprobs, entropy = masked_token_logprobs(hidden, head, batch.target_ids, batch.loss_mask, temperature, chunk_size, return_entropy)  # [M]
     if return_entropy:
-        logprobs, entropy = result
-        return scatter(logprobs), scatter(entropy)
-    return scatter(result)
+        return scatter_masked(logprobs, batch.loss_mask), scatter_masked(entropy, batch.loss_mask)  # [R, T]
+    return scatter_masked(logprobs, batch.loss_mask)  # [R, T]
 
 
-__all__ = ["backbone_and_head", "forward_hidden", "forward_token_logprobs", "unwrap_peft"]
+__all__ = ["backbone_and_head", "forward_hidden", "forward_token_logprobs", "masked_token_logprobs", "scatter_masked", "unwrap_peft"]

@@ -51,6 +51,16 @@ def apply_lora(
     return get_peft_model(model, config)
 
 
+def parse_target_modules(text: str) -> str | list[str]:
+    """``lora.target_modules`` as ``apply_lora`` takes it: 'all-linear', or the comma-separated names as a list."""
+    return text if text == "all-linear" else [t.strip() for t in text.split(",")]
+
+
+def lora_arguments(cfg) -> dict:
+    """The keyword arguments of ``apply_lora`` for a ``LoRAConfig`` (``enabled`` is the caller's business)."""
+    return {"r": cfg.r, "alpha": cfg.alpha, "dropout": cfg.dropout, "target_modules": parse_target_modules(cfg.target_modules)}
+
+
 @contextlib.contextmanager
 def disabled_adapter(model):
     """Within the block, ``model`` computes as its base model (the reference policy).
@@ -83,4 +93,4 @@ def merged_copy(model):
     return copy.deepcopy(model).merge_and_unload()
 
 
-__all__ = ["apply_lora", "disabled_adapter", "is_peft_model", "merge_and_unload", "merged_copy"]
+__all__ = ["apply_lora", "disabled_adapter", "is_peft_model", "lora_arguments", "merge_and_unload", "merged_copy", "parse_target_modules"]

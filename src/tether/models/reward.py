@@ -18,13 +18,21 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from enum import Enum
 from pathlib import Path
 
 import torch
 from torch import nn
 
 HEAD_FILE = "reward_head.safetensors"
-POOLINGS = ("last", "mean")
+
+
+class Pooling(str, Enum):
+    LAST = "last"  # the final hidden state at the response's last token
+    MEAN = "mean"  # the mean final hidden state over the response's tokens
+
+
+POOLINGS = tuple(p.value for p in Pooling)
 CONFIG_FILE = "reward_config.json"
 
 
@@ -192,14 +200,15 @@ class RewardModel(nn.Module):
         return out
 
     @torch.no_grad()
-    def score_all(self, prompts, responses, batch_size: int = 16) -> torch.Tensor:
-        """Per-objective rewards of each (prompt, response) -> [N, O]. Prompts: text or message lists."""
+    def score_sequences(self, sequences: Sequence[tuple[list[int], int]], batch_size: int = 16) -> torch.Tensor:
+        """Per-objective rewards of tokenized ``(input_ids, prompt_len)`` sequences -> [S, O] float32 on the CPU.
+
+        The one scoring loop: ``score_all`` (text), ``tether rm eval`` and ``rm score`` all run it.
+        Length-sorted batches waste little on padding; results come back in input order."""
         from tether.data.batches import collate
 
-        sequences = self.encode_pairs(prompts, responses)
         was_training = self.training
         self.eval()
-        # Length-sorted batches waste little on padding; results go back in input order.
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
         out = torch.zeros(len(sequences), len(self.objectives))
         device = self.head.weight.device
@@ -209,6 +218,10 @@ class RewardModel(nn.Module):
             out[chunk] = self(batch).float().cpu()
         self.train(was_training)
         return out
+
+    def score_all(self, prompts, responses, batch_size: int = 16) -> torch.Tensor:
+        """Per-objective rewards of each (prompt, response) -> [N, O]. Prompts: text or message lists."""
+        return self.score_sequences(self.encode_pairs(prompts, responses), batch_size)
 
     def score(self, prompts, responses, batch_size: int = 16, weights: Mapping[str, float] | None = None) -> torch.Tensor:
         """Scalar reward of each (prompt, response) -> [N]: objectives combined with ``weights``."""
@@ -253,4 +266,4 @@ def is_reward_model_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
-__all__ = ["RewardModel", "activate_adapter", "is_reward_model_dir", "last_token_index", "last_token_index_from_mask", "mean_over_responses", "positions_from_mask"]
+__all__ = ["Pooling", "RewardModel", "activate_adapter", "is_reward_model_dir", "last_token_index", "last_token_index_from_mask", "mean_over_responses", "positions_from_mask"]

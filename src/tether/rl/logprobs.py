@@ -15,7 +15,21 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["token_logprobs"]
+__all__ = ["log1mexp", "token_logprobs"]
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 − exp(x)) for x < 0, accurate everywhere (Mächler 2012).
+
+    Near 0, 1 − exp(x) cancels: use log(−expm1(x)); far below, exp(x) is tiny: log1p(−exp(x)).
+    Used by ORPO's log-odds and by the ``min_new_tokens`` renormaliser of online RL.
+    """
+    near_zero = x > -0.6931471805599453  # −log 2
+    # Evaluate each branch only where it is accurate; the other input is a harmless stand-in, so
+    # neither branch produces an inf or NaN whose gradient would leak through torch.where.
+    a = torch.log(-torch.expm1(torch.where(near_zero, x, torch.full_like(x, -1.0))))
+    b = torch.log1p(-torch.exp(torch.where(near_zero, torch.full_like(x, -1.0), x)))
+    return torch.where(near_zero, a, b)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

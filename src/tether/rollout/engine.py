@@ -23,7 +23,7 @@ of new to old policy starts at exactly 1. Filtering only decides which tokens ca
 that many tokens its stop tokens cannot be drawn, and the reported log-prob is under the
 distribution renormalised over the other tokens, log π(y) − log(1 − Σ_eos π(eos)). The rollout
 records which tokens were excluded where (``Rollout.banned_ids``, ``banned_until``) so a
-training forward can apply the same renormalisation (``tether.trainers.online.response_logprobs``
+training forward can apply the same renormalisation (``tether.trainers.online.batch.response_logprobs``
 does); ``forward_token_logprobs`` does not, and agrees with the engine only when nothing was banned.
 """
 

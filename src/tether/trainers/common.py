@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from tether.config import TrainConfig
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,12 +53,21 @@ def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over trainable parameters; biases and norm weights (1-D) get no weight decay."""
-    params = trainable_parameters(model).values()
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in trainable_parameters(model).values() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def build_optimizer(params: torch.nn.Module | list[dict], cfg) -> torch.optim.AdamW:
+    """AdamW for every trainer, offline and online; biases and norm weights (1-D) get no weight decay.
+
+    ``params``: a module (all its trainable parameters, at ``cfg.lr``) or parameter groups
+    ``{"params": [...], "lr": optional}`` (PPO gives its value head a learning rate of its own);
+    parameters that do not require grad are left out. ``cfg``: any training section with ``lr``,
+    ``weight_decay`` and ``adam_betas`` (``TrainConfig``, ``OnlineTrainConfig``).
+    """
+    given = [{"params": list(trainable_parameters(params).values())}] if isinstance(params, torch.nn.Module) else params
+    groups = []
+    for group in given:
+        trainable = [p for p in group["params"] if p.requires_grad]
+        lr = group.get("lr", cfg.lr)
+        groups.append({"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr})
+        groups.append({"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0, "lr": lr})
     # The fused kernel updates each tensor in one pass; torch's default on CPU is a per-op loop that
     # reads and writes the parameters and both moments several times (about 0.3 s a step at 135M).
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
@@ -79,7 +87,9 @@ def warmup_cosine(total_steps: int, warmup_ratio: float, min_lr_ratio: float):
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warm-up then cosine decay over ``total_steps`` scheduler steps (offline: optimizer steps;
+    online: one per RL step); ``cfg`` has ``warmup_ratio`` and ``min_lr_ratio``."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, cfg.warmup_ratio, cfg.min_lr_ratio))
 
 
@@ -319,6 +329,7 @@ def load_trainable_model(model_cfg, lora_cfg, seed: int = 0):
 
         apply_lean_activations(model)
     if lora_cfg.enabled:
-        targets = lora_cfg.target_modules if lora_cfg.target_modules == "all-linear" else [t.strip() for t in lora_cfg.target_modules.split(",")]
-        model = apply_lora(model, r=lora_cfg.r, alpha=lora_cfg.alpha, dropout=lora_cfg.dropout, target_modules=targets)
+        from tether.models.lora import lora_arguments
+
+        model = apply_lora(model, **lora_arguments(lora_cfg))
     return model, tokenizer

@@ -23,15 +23,23 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from enum import Enum
 
 import torch
 from torch import nn
 
-from tether.config import opt
-from tether.trainers.online import OnlineSections, OnlineTrainConfig
+from tether.config import choices, opt
+from tether.trainers.online.config import OnlineSections, OnlineTrainConfig
 
 VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+class Critic(str, Enum):
+    HEAD = "head"  # a value head on the policy's own hidden states
+    SEPARATE = "separate"  # a second model with its own LoRA and head
+
+
+CriticName = choices(Critic)
 
 
 @dataclass
@@ -44,7 +52,7 @@ class PPOSection:
     entropy_coef: float = opt(0.0, "Weight of the entropy bonus (sample estimate; the logged entropy is exact).")
     whiten_advantages: bool = opt(True, "Standardise the advantages over the step's tokens.")
     target_kl: float | None = opt(None, "Stop the step's remaining updates once a minibatch's approx-KL to the sampling policy exceeds this (None: never).")
-    critic: Literal["head", "separate"] = opt("head", "head: a value head on the policy's hidden states (shared backbone); separate: a second model (same init, its own LoRA) with its own head.")
+    critic: CriticName = opt("head", "head: a value head on the policy's hidden states (shared backbone); separate: a second model (same init, its own LoRA) with its own head.")
     value_lr: float | None = opt(None, "Learning rate of the value head / critic (None: train.lr).")
 
 
@@ -86,7 +94,7 @@ class PPOModules(nn.Module):
 
     def forward(self, batch, temperature: float, chunk_size: int, entropy: bool = False):
         """-> log-probs [B, Tr], values [B, Tr] (0 off the mask), entropy [B, Tr] or None."""
-        from tether.trainers.online import response_hidden, response_logprobs
+        from tether.trainers.online.batch import response_hidden, response_logprobs
 
         hidden = response_hidden(self.policy, batch)  # [B, Tr, H]
         logprobs, ent = response_logprobs(self.policy, hidden, batch, temperature, chunk_size, entropy)  # [B, Tr]
@@ -130,32 +138,24 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
     from tether.losses.value import clipped_value_loss, explained_variance
     from tether.models import save_model
     from tether.rl.advantages import gae, kl_penalized_rewards, whiten
-    from tether.trainers.common import ensure_finite, trainable_parameters
-    from tether.trainers.online import (
-        ResponseBatch,
-        Timer,
-        build_optimizer,
-        build_scheduler,
-        entropy_surrogate,
-        make_kl_controller,
-        minibatches,
-        rollout_metrics,
-        single_update,
-    )
-    from tether.trainers.online_run import StepState, collect, optimizer_step, start_run
+    from tether.trainers.common import build_optimizer, build_scheduler, ensure_finite, trainable_parameters
+    from tether.trainers.online.batch import ResponseBatch, entropy_surrogate
+    from tether.trainers.online.rollout import collect
+    from tether.trainers.online.run import StepState, Timer, make_kl_controller, rollout_metrics, start_run
+    from tether.trainers.online.update import UpdateMeans, minibatches, optimizer_step, single_update
 
     started = time.time()
     run = start_run(cfg, reward_source, gold_source)
     t, p = cfg.train, cfg.ppo
     critic = None
-    if p.critic == "separate":
+    if p.critic == Critic.SEPARATE:
         from tether.trainers.common import load_trainable_model
 
         critic, _ = load_trainable_model(cfg.model, cfg.lora, t.seed + 1)
     modules = PPOModules(run.policy, ValueHead(hidden_size(run.policy)), critic)
     policy_params = [q for q in run.policy.parameters() if q.requires_grad]
     optimizer = build_optimizer([{"params": policy_params}, {"params": modules.value_parameters(), "lr": p.value_lr or t.lr}], t)
-    scheduler = build_scheduler(optimizer, t.steps, t)
+    scheduler = build_scheduler(optimizer, t.max_steps, t)
     kl_ctl = make_kl_controller(cfg.kl)
     state = StepState(run, cfg, modules, optimizer, scheduler, kl_ctl, "ppo", started)
     params = [q for q in trainable_parameters(modules).values()]
@@ -163,7 +163,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
     # One update on the sampling policy: approx-KL and clip fraction are 0 by construction, so unlogged.
     ratio_metrics = not single_update(t, t.prompts_per_step * t.samples_per_prompt)
     modules.train()
-    for step in range(state.start_step, t.steps):
+    for step in range(state.start_step, t.max_steps):
         timer = Timer()
         got = collect(run, cfg, step, timer)
         rollout, scores, batch = got.rollout, got.scores, got.batch
@@ -178,8 +178,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
             advantages = whiten(advantages, mask)
 
         with timer("update"):
-            sums: dict[str, float] = {}
-            updates = 0
+            means = UpdateMeans()
             early_stop = False
             shuffle = torch.Generator().manual_seed(t.seed * 7919 + step)
             for _epoch in range(t.epochs):
@@ -194,7 +193,6 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
                         per_token = per_token - p.entropy_coef * entropy_surrogate(logprobs)
                     loss = token_mean_global(per_token, m, m.sum().clamp(min=1))
                     ensure_finite(loss.detach(), step + 1)
-                    updates += 1
                     piece = {
                         "grad_norm": optimizer_step(loss, params, optimizer, t.max_grad_norm),
                         "loss/total": float(loss.detach()),
@@ -204,15 +202,13 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
                         "policy/clip_frac": float(pg_metrics["clipfrac"]),
                         "value/clip_frac": float(v_metrics["value/clipfrac"]),
                     }
-                    for k, v in piece.items():
-                        if ratio_metrics or k not in ("policy/approx_kl", "policy/clip_frac"):
-                            sums[k] = sums.get(k, 0.0) + v
+                    means.add({k: v for k, v in piece.items() if ratio_metrics or k not in ("policy/approx_kl", "policy/clip_frac")})
                     if p.target_kl is not None and piece["policy/approx_kl"] > p.target_kl:
                         early_stop = True
                         break
                 if early_stop:
                     break
-            metrics = {k: v / max(updates, 1) for k, v in sums.items()}
+            metrics = means.means()
             metrics["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
 
@@ -225,7 +221,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
                 "policy/entropy": float(masked_mean(entropy, mask)),
                 "value/explained_variance": float(explained_variance(old_values, returns, mask)),
                 "value/mean": float(masked_mean(old_values, mask)),
-                "updates": float(updates),
+                "updates": float(means.updates),
                 "early_stopped": float(early_stop),
             }
         )

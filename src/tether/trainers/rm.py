@@ -1,4 +1,7 @@
-"""Reward-model training, evaluation and scoring: ``tether rm train | eval | score``.
+"""Reward-model training: ``tether rm train`` (config, loss table, data preparation, the run).
+
+Evaluation and scoring of a saved model (``tether rm eval | score``) live in
+``tether.evaluate.reward_model``; the command-line parsing in ``tether.cli``.
 
 Training runs the shared offline loop (``tether.trainers.offline.fit``). One forward pass scores
 every sequence of a micro-batch: both sides of a pair, or all K completions of a ranking, which
@@ -16,11 +19,20 @@ import json
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
-from tether.config import DataConfig, LoRAConfig, ModelConfig, TrainConfig, opt, save_yaml
+from tether.config import DataConfig, LoRAConfig, ModelConfig, TrainConfig, choices, opt, save_yaml
 from tether.data.layouts import Layout, collate_layout, resolve_layout
+from tether.models.reward import Pooling
 from tether.trainers.offline import Example
+
+
+class RewardLoss(enum.Enum):
+    BRADLEY_TERRY = "bradley_terry"
+    PLACKETT_LUCE = "plackett_luce"
+
+
+RewardLossName = choices(RewardLoss, "auto")
+PoolingName = choices(Pooling)
 
 
 @dataclass
@@ -29,14 +41,14 @@ class RewardSection:
     objective_data: list[str] = opt([], "Training data per objective, in the order of rm.objectives. Empty: data.path, whose rows name their head in an 'objective' field when there are several.")
     objective_eval_data: list[str] = opt([], "Evaluation data per objective (optional; else data.eval_fraction of each file is held out).")
     weights: list[float] = opt([], "Default weight of each objective when scores are combined (empty: equal weights). Callers may pass other weights at scoring time.")
-    loss: Literal["auto", "bradley_terry", "plackett_luce"] = opt("auto", "auto: Bradley-Terry when every example is a pair, Plackett-Luce over whole rankings otherwise.")
+    loss: RewardLossName = opt("auto", "auto: Bradley-Terry when every example is a pair, Plackett-Luce over whole rankings otherwise.")
     use_margin: bool = opt(True, "Use a pair's 'margin' field as the required reward gap in Bradley-Terry (pairs without one get 0).")
     share_prompt: bool = opt(True, "Run each pair's or ranking's prompt through the model once, its completions branching off it (exact: same rewards as separate sequences, fewer tokens, no padding). false: data.pack decides between padded and packed rows.")
     centering_coef: float = opt(0.01, "Weight of the centring term (sum of an example's rewards)^2 that keeps rewards near zero.")
     ensemble_size: int = opt(1, "Members of a reward ensemble (1: a single reward model). With LoRA the members share one frozen backbone.")
     bootstrap: bool = opt(True, "Train each ensemble member on a bootstrap resample (with replacement) of the training data.")
     penalty: float = opt(1.0, "lambda of the uncertainty-penalised reward mean - lambda * std, stored with an ensemble.")
-    pooling: Literal["last", "mean"] = opt("last", "What the head reads: the final hidden state at the response's last token, or the mean over the response's tokens.")
+    pooling: PoolingName = opt("last", "What the head reads: the final hidden state at the response's last token, or the mean over the response's tokens.")
 
 
 @dataclass
@@ -48,11 +60,6 @@ class RMConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(path="bundled:preferences", eval_fraction=0.1))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/rm", lr=1e-5, batch_size=8, micro_batch_size=8, sample_prompts=[]))
     rm: RewardSection = field(default_factory=RewardSection)
-
-
-class RewardLoss(enum.Enum):
-    BRADLEY_TERRY = "bradley_terry"
-    PLACKETT_LUCE = "plackett_luce"
 
 
 def _bradley_terry(scores, mask, margins, centering_coef):
@@ -287,10 +294,9 @@ def run_rm_train(cfg: RMConfig):
         results = [fit(model, objective, data.train, data.eval, cfg.train, title="rm")]
         trained = model
     else:
-        lora = None
-        if cfg.lora.enabled:
-            targets = cfg.lora.target_modules if cfg.lora.target_modules == "all-linear" else [t.strip() for t in cfg.lora.target_modules.split(",")]
-            lora = {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout, "target_modules": targets}
+        from tether.models.lora import lora_arguments
+
+        lora = lora_arguments(cfg.lora) if cfg.lora.enabled else None
         trained = RewardEnsemble.create(backbone, tokenizer, size, cfg.rm.objectives, _weights(cfg), cfg.data.max_length, lora, cfg.train.seed, cfg.rm.penalty, cfg.rm.pooling)
         results = []
         for k in range(size):
@@ -302,237 +308,12 @@ def run_rm_train(cfg: RMConfig):
     trained.save_pretrained(out / "model")
     print(f"saved reward model to {out / 'model'}")
     if data.eval:
+        from tether.evaluate.reward_model import evaluate_examples, print_report
+
         report = evaluate_examples(trained, data.eval, cfg.train.micro_batch_size)
         print_report(report, "held-out evaluation")
         (out / "eval.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return results
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation and scoring
-# ---------------------------------------------------------------------------------------------
-
-
-def _score_sequences(model, sequences: list[tuple[list[int], int]], batch_size: int, objective: list[int | None] | None = None):
-    """(reward [S], spread [S] or None) for tokenized sequences, with a model or an ensemble.
-
-    ``objective[s]``: the head that scores sequence s, or None for the objectives combined with
-    the model's default weights (also what ``objective=None`` means for every sequence)."""
-    import torch
-
-    from tether.data.batches import collate
-    from tether.models.reward_ensemble import RewardEnsemble, mean_and_spread
-
-    members = list(model.members) if isinstance(model, RewardEnsemble) else [model]
-    pad_id = members[0].tokenizer.pad_token_id
-    outs = []
-    with torch.no_grad():
-        for member in members:
-            was_training = member.training
-            member.eval()
-            rewards = torch.zeros(len(sequences), len(member.objectives))
-            order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                rewards[chunk] = member(collate([[sequences[i]] for i in chunk], pad_id)).float()
-            combined = member.combine(rewards)  # [S]
-            if objective is None:
-                outs.append(combined)
-            else:
-                head = torch.tensor([-1 if o is None else o for o in objective])  # [S]
-                picked = rewards[torch.arange(len(sequences)), head.clamp(min=0)]  # [S]
-                outs.append(torch.where(head >= 0, picked, combined))
-            member.train(was_training)
-    mean, spread = mean_and_spread(torch.stack(outs))
-    return mean, (spread if len(members) > 1 else None)
-
-
-def evaluate_examples(model, examples: list[Example], batch_size: int = 16) -> dict[str, float]:
-    """The reward_metrics report over every (better, worse) pair of pairs and rankings.
-
-    An example tagged ``extra["objective"]`` is scored by that head alone (and the report adds
-    ``accuracy/<objective>`` when there are several); untagged ones by the combined reward."""
-    import torch
-
-    from tether.evaluate.reward_metrics import pairwise_accuracy, ranking_pairs, reward_model_report
-
-    sequences = [seq for e in examples for seq in e.sequences]
-    per_sequence_objective = [e.extra.get("objective") for e in examples for _ in e.sequences]
-    reward, spread = _score_sequences(model, sequences, batch_size, per_sequence_objective)
-    lengths = torch.tensor([float(len(ids) - plen) for ids, plen in sequences])  # completion tokens
-    k = max(len(e.sequences) for e in examples)
-    index = torch.zeros(len(examples), k, dtype=torch.long)
-    mask = torch.zeros(len(examples), k, dtype=torch.bool)
-    at = 0
-    for i, e in enumerate(examples):
-        index[i, : len(e.sequences)] = torch.arange(at, at + len(e.sequences))
-        mask[i, : len(e.sequences)] = True
-        at += len(e.sequences)
-    r_better, r_worse = ranking_pairs(reward[index], mask)
-    l_better, l_worse = ranking_pairs(lengths[index], mask)
-    s_better, s_worse = ranking_pairs(spread[index], mask) if spread is not None else (None, None)
-    report = reward_model_report(r_better, r_worse, l_better, l_worse, s_better, s_worse)
-    heads = torch.tensor([-1 if e.extra.get("objective") is None else int(e.extra["objective"]) for e in examples])  # [N]
-    if len(set(heads.tolist()) - {-1}) > 1:
-        pair_head, _ = ranking_pairs(heads.unsqueeze(1).expand(-1, k).clone(), mask)  # [P], the head of each pair's example
-        names = (model.members[0] if hasattr(model, "members") else model).objectives
-        for i, name in enumerate(names):
-            if (pair_head == i).any():
-                report[f"accuracy/{name}"] = pairwise_accuracy(r_better[pair_head == i], r_worse[pair_head == i])
-    return report
-
-
-def print_report(report: dict[str, float], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, show_header=False)
-    for key, value in report.items():
-        table.add_row(key, f"{value:.4g}")
-    Console().print(table)
-
-
-def run_rm_eval(model_dir: str, data_path: str = "bundled:preferences", max_length: int | None = None, batch_size: int = 16, output: str | None = None) -> dict[str, float]:
-    """Held-out accuracy, ECE, reward distribution and the length-only baseline of a saved reward model."""
-    from tether.data import load_records
-    from tether.models.reward_ensemble import load_reward
-    from tether.trainers.prepare import _encode
-
-    model = load_reward(model_dir)
-    first = model.members[0] if hasattr(model, "members") else model
-    kind = _data_kind(data_path)
-    if kind not in ("preference", "ranking"):
-        raise ValueError(f"{data_path}: rm eval needs preference pairs or rankings, not {kind} records")
-    records = load_records(data_path, kind=kind).records
-    data_cfg = DataConfig(path=data_path, max_length=max_length or first.max_length)
-    examples = _encode(first.tokenizer, records, data_cfg, "eval", [])
-    labels, _ = objective_labels(data_path, first.objectives)  # rows naming a head are scored by it
-    if labels is not None:
-        examples = _tag_objectives(examples, labels, 0)
-    report = evaluate_examples(model, examples, batch_size)
-    print_report(report, f"reward model {model_dir} on {data_path}")
-    if output:
-        Path(output).write_text(json.dumps(report, indent=2), encoding="utf-8")
-    return report
-
-
-def run_rm_score(model_dir: str, input_path: str, output_path: str, weights: dict[str, float] | None = None, penalty: float | None = None, batch_size: int = 16) -> int:
-    """Score every (prompt, completion) in a file; writes JSONL rows with ``reward``. Pairs get
-    ``reward_chosen``/``reward_rejected``, rankings ``rewards``. An ensemble's ``reward`` is the
-    penalised mean − λ·spread, with ``mean`` and ``spread`` beside it; a model with several heads
-    adds ``objectives``: each head's reward (in the same layout) before weighting."""
-    from tether.data import load_records
-    from tether.models.reward_ensemble import RewardEnsemble, penalized
-
-    model = load_reward_model(model_dir)
-    records = load_records(input_path, kind="auto").records
-    prompts, responses, owner = [], [], []
-    for i, record in enumerate(records):
-        texts = [record.completion] if hasattr(record, "completion") else ([record.chosen, record.rejected] if hasattr(record, "chosen") else list(record.completions))
-        for text in texts:
-            prompts.append(record.prompt)
-            responses.append(text)
-            owner.append(i)
-    extra: dict = {}  # name -> [S] values written beside the reward
-    if isinstance(model, RewardEnsemble):
-        mean, spread = model.score(prompts, responses, batch_size, weights)
-        reward = penalized(mean, spread, model.penalty if penalty is None else penalty)
-        extra = {"mean": mean, "spread": spread}
-    else:
-        per_head = model.score_all(prompts, responses, batch_size)  # [S, O]
-        reward = model.combine(per_head, weights)  # [S]
-        if len(model.objectives) > 1:
-            extra = {f"objectives.{name}": per_head[:, o] for o, name in enumerate(model.objectives)}
-    slots: list[list[int]] = [[] for _ in records]  # flat indices of each record's completions
-    for j, i in enumerate(owner):
-        slots[i].append(j)
-    rows: list[dict] = []
-    for record, idx in zip(records, slots):
-        row: dict = {"prompt": record.prompt}
-        if hasattr(record, "completion"):
-            row.update(completion=record.completion, reward=float(reward[idx[0]]))
-        elif hasattr(record, "chosen"):
-            row.update(chosen=record.chosen, rejected=record.rejected, reward_chosen=float(reward[idx[0]]), reward_rejected=float(reward[idx[1]]))
-        else:
-            row.update(completions=record.completions, rewards=[float(reward[j]) for j in idx])
-        for name, value in extra.items():  # a scalar for one completion, else a list in completion order
-            parent, _, child = name.partition(".")
-            entry = float(value[idx[0]]) if len(idx) == 1 else [float(value[j]) for j in idx]
-            if child:
-                row.setdefault(parent, {})[child] = entry
-            else:
-                row[parent] = entry
-        rows.append(row)
-    Path(output_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(output_path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    print(f"scored {len(responses)} responses from {len(records)} records -> {output_path}")
-    return len(responses)
-
-
-def load_reward_model(model_dir: str):
-    from tether.models.reward_ensemble import load_reward
-
-    return load_reward(model_dir)
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI: `tether rm train | eval | score`
-# ---------------------------------------------------------------------------------------------
-
-
-def _parse_weights(text: str | None) -> dict[str, float] | None:
-    if not text:
-        return None
-    out = {}
-    for item in text.split(","):
-        name, _, value = item.partition("=")
-        if not value:
-            raise ValueError(f"--weights expects name=value pairs separated by commas, got {item!r}")
-        out[name.strip()] = float(value)
-    return out
-
-
-def _eval_command(args) -> int:
-    run_rm_eval(args.model, args.data, args.max_length, args.batch_size, args.output)
-    return 0
-
-
-def _score_command(args) -> int:
-    run_rm_score(args.model, args.input, args.output, _parse_weights(args.weights), args.penalty, args.batch_size)
-    return 0
-
-
-def add_rm_commands(sub, add_training_parser, training_command_cls) -> None:
-    """Register ``tether rm`` with its ``train``, ``eval`` and ``score`` actions (called by tether.cli)."""
-    rm = sub.add_parser("rm", help="Reward models: train, evaluate, score.", description="Reward models: train, evaluate, score.")
-    actions = rm.add_subparsers(dest="rm_command", metavar="<action>", required=True)
-    add_training_parser(
-        actions,
-        "train",
-        training_command_cls(
-            "tether.trainers.rm:RMConfig",
-            "tether.trainers.rm:run_rm_train",
-            "Train a reward model (or an ensemble) on preference pairs or rankings.",
-            {"--ensemble-size": "rm.ensemble_size"},
-        ),
-    )
-    e = actions.add_parser("eval", help="Held-out accuracy, calibration (ECE), reward distribution and the length-only baseline.")
-    e.add_argument("--model", required=True, help="a directory written by `tether rm train` (<output>/model)")
-    e.add_argument("--data", default="bundled:preferences", help="preference pairs or rankings")
-    e.add_argument("--max-length", type=int, default=None, help="tokens per sequence (default: the model's)")
-    e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--output", default=None, help="also write the metrics as JSON here")
-    e.set_defaults(_handler=_eval_command)
-    s = actions.add_parser("score", help="Score the completions of a data file; writes JSONL with rewards.")
-    s.add_argument("--model", required=True, help="a directory written by `tether rm train` (<output>/model)")
-    s.add_argument("--input", required=True, help="demonstrations (prompt, completion), pairs or rankings")
-    s.add_argument("--output", required=True, help="JSONL file to write")
-    s.add_argument("--weights", default=None, help="objective weights, e.g. helpful=1,harmless=0.5 (default: the model's)")
-    s.add_argument("--penalty", type=float, default=None, help="ensembles: lambda in mean - lambda * std (default: the one saved)")
-    s.add_argument("--batch-size", type=int, default=16)
-    s.set_defaults(_handler=_score_command)
 
 
 __all__ = [
@@ -541,12 +322,9 @@ __all__ = [
     "RewardLoss",
     "RewardObjective",
     "RewardSection",
-    "add_rm_commands",
     "bootstrap_sample",
-    "evaluate_examples",
+    "objective_labels",
     "prepare_reward_data",
     "resolve_loss",
-    "run_rm_eval",
-    "run_rm_score",
     "run_rm_train",
 ]

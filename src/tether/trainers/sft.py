@@ -28,12 +28,15 @@ class SFTObjective:
         return float(sum(len(ids) - max(plen, 1) for e in examples for ids, plen in e.sequences))
 
     def loss(self, model: torch.nn.Module, examples: list[Example]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from tether.losses.sft import sft_loss
         from tether.models import forward_token_logprobs
 
         batch = collate([e.sequences for e in examples], self.pad_id, self.pack, self.row_tokens)
         logprobs = forward_token_logprobs(model, batch, chunk_size=self.chunk_size)  # [R, T], 0 off the mask
-        nll_sum = -(logprobs * batch.loss_mask).sum()
-        return nll_sum, {}
+        nll, _ = sft_loss(logprobs, batch.loss_mask)  # [R] summed token NLL per row
+        # The loop divides by units() (the step's completion tokens): the mean token NLL, whatever the
+        # micro-batching. sft_loss's own token counts would repeat that, so its metrics are not logged.
+        return nll.sum(), {}
 
 
 @torch.no_grad()

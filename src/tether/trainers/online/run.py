@@ -1,34 +1,78 @@
 """The start and end of an online RL run, and the bookkeeping around each step; the loop in
-between belongs to each algorithm (``tether.trainers.ppo``, ``tether.trainers.critic_free``).
+between belongs to each algorithm (``tether.trainers.ppo``, ``grpo``, ``rloo``).
 
 A run is set up once (``start_run``: policy, reference, reward sources, prompts), then every step
-``collect``s its replies and scores, the algorithm computes advantages and updates the policy
-(``optimizer_step``), and ``StepState`` logs, checkpoints and watches the time budget; at the end
-``StepState.finish`` evaluates on held-out prompts and saves the model and summary.
+``collect``s its replies and scores (``tether.trainers.online.rollout``), the algorithm computes
+advantages and updates the policy (``tether.trainers.online.update.optimizer_step``), and
+``StepState`` logs, checkpoints and watches the time budget; at the end ``StepState.finish``
+evaluates on held-out prompts and saves the model and summary. Nothing here imports an algorithm.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tether.trainers.online import (
-    KLConfig,
-    Reference,
-    ResponseBatch,
-    Timer,
-    evaluate_held_out,
-    load_prompts,
-    load_reward,
-    sample_responses,
-    sampling_params,
-    score,
-    step_generator,
-    uses_reference,
-)
+from tether.trainers.online.batch import ResponseBatch
+from tether.trainers.online.config import KLConfig
+from tether.trainers.online.reference import Reference, uses_reference
+from tether.trainers.online.rollout import load_prompts, load_reward, sampling_params
+
+
+def make_kl_controller(cfg: KLConfig):
+    from tether.rl.kl import AdaptiveKLController, FixedKLController
+
+    return AdaptiveKLController(cfg.coef, cfg.target, cfg.horizon) if cfg.adaptive else FixedKLController(cfg.coef)
+
+
+class Timer:
+    """Seconds per phase of a step: ``with timer("generate"): ...``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{k}": v for k, v in self.seconds.items()}
+
+
+def rollout_metrics(rollout, scores: torch.Tensor, kl: torch.Tensor | None, gold: torch.Tensor | None) -> dict[str, float]:
+    """What practitioners watch about the samples themselves. ``kl`` [B, Tr] is None when the run
+    has no reference (β = 0): ``kl/ref`` is then left out rather than logged as a made-up 0."""
+    lengths = rollout.response_mask.sum(1).float()  # [B]
+    out = {
+        "reward/mean": float(scores.mean()),
+        "reward/std": float(scores.std()) if scores.numel() > 1 else 0.0,
+        "response/length": float(lengths.mean()),
+        "response/finished": float(rollout.finished.float().mean()),
+    }
+    if kl is not None:
+        out["kl/ref"] = float(kl.sum(1).mean())  # per response, summed over its tokens
+    if gold is not None:
+        out["gold/mean"] = float(gold.mean())
+    return out
+
+
+def evaluate_held_out(model, tokenizer, prompts, source, gold, params, samples: int, seed: int, reference: Reference | None, temperature: float, chunk_size: int) -> dict[str, float]:
+    """Mean reward (and gold reward, and KL to the reference) on held-out prompts."""
+    from tether.evaluate.online import mean_reward
+    from tether.rollout.engine import pad_token_id
+
+    def ref_fn(rollout):
+        return reference.logprobs(model, ResponseBatch.from_rollout(rollout, pad_token_id(tokenizer)), temperature, chunk_size)
+
+    return mean_reward(model, tokenizer, prompts, source, params, samples, seed=seed, gold=gold, reference_logprobs=ref_fn if reference is not None else None)
 
 
 def print_monitor_warnings(logger, warnings) -> None:
@@ -79,10 +123,9 @@ class RunSetup:
     pad_id: int
 
 
-def start_run(cfg, reward_source=None, gold_source=None, kl: KLConfig | None = None) -> RunSetup:
+def start_run(cfg, reward_source=None, gold_source=None) -> RunSetup:
     """Seed, load the policy (and its reference, before any checkpoint changes the weights),
-    the reward sources and the prompts. ``kl``: the KL settings in effect (default ``cfg.kl``;
-    GRPO's β lives in its own section); no reference is built when they never need one."""
+    the reward sources and the prompts. No reference is built when ``cfg.kl`` never needs one."""
     from tether.config import save_yaml
     from tether.rollout.engine import pad_token_id
     from tether.trainers.common import StepPlan, configure_threads, load_trainable_model, set_seed
@@ -93,11 +136,11 @@ def start_run(cfg, reward_source=None, gold_source=None, kl: KLConfig | None = N
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
     policy, tokenizer = load_trainable_model(cfg.model, cfg.lora, cfg.train.seed)
-    reference = Reference(cfg.kl.reference, policy, cfg.lora.enabled) if uses_reference(kl or cfg.kl) else None
+    reference = Reference(cfg.kl.reference, policy, cfg.lora.enabled) if uses_reference(cfg.kl) else None
     source = reward_source if reward_source is not None else load_reward(cfg.reward.source, cfg.reward.uncertainty_penalty)
     gold = gold_source if gold_source is not None else (load_reward(cfg.reward.gold) if cfg.reward.gold else None)
     train_prompts, eval_prompts = load_prompts(cfg.data)
-    plan = StepPlan(len(train_prompts), cfg.train.prompts_per_step, 1.0, cfg.train.steps, cfg.train.seed)
+    plan = StepPlan(len(train_prompts), cfg.train.prompts_per_step, 1.0, cfg.train.max_steps, cfg.train.seed)
     return RunSetup(policy, tokenizer, reference, source, gold, train_prompts, eval_prompts, sampling_params(cfg.sampling), plan, pad_token_id(tokenizer))
 
 
@@ -124,40 +167,6 @@ def out_of_time(cfg, loop_started: float) -> bool:
     return budget is not None and (time.time() - loop_started) / 60 >= budget
 
 
-@dataclass
-class Collected:
-    """One step's rollout and its scores: the first half of every online step."""
-
-    prompts: list
-    rollout: object  # tether.rollout.Rollout, [B] replies, B = prompts x samples_per_prompt
-    scores: torch.Tensor  # [B] proxy reward (clipped to reward.clip)
-    extras: dict[str, float]  # what the reward source reports beside the scores
-    gold: torch.Tensor | None  # [B] gold judge's scores, when one is configured
-    batch: ResponseBatch  # all B replies, for the reference and old-policy passes
-
-
-def collect(run: RunSetup, cfg, step: int, timer: Timer) -> Collected:
-    """This step's prompts, ``samples_per_prompt`` replies to each, and their scores."""
-    t = cfg.train
-    group = t.samples_per_prompt
-    prompts = [run.train_prompts[i] for i in run.plan.indices(step)]
-    with timer("generate"):
-        rollout = sample_responses(run.policy, run.tokenizer, prompts, group, run.params, step_generator(t.seed, step))
-    with timer("score"):
-        scores, extras = score(run.source, prompts, rollout.texts, group, cfg.reward.clip)  # [B]
-        gold = score(run.gold, prompts, rollout.texts, group)[0] if run.gold is not None else None  # [B]
-    return Collected(prompts, rollout, scores, extras, gold, ResponseBatch.from_rollout(rollout, run.pad_id))
-
-
-def optimizer_step(loss: torch.Tensor, params, optimizer, max_grad_norm: float) -> float:
-    """Backward, clip to ``max_grad_norm`` (<= 0: only measure), step and clear; returns the norm before clipping."""
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(grad_norm)
-
-
 class StepState:
     """What an online run carries from step to step besides the weights, and the bookkeeping
     around each step: resume (or the held-out evaluation before training), logging and
@@ -179,7 +188,7 @@ class StepState:
             self.before = held_out(run, cfg)
             if self.before:
                 print(f"held-out before training: {self.before}")
-        self.logger = RunLogger(t.output_dir, t.steps, self.start_step, progress=t.progress, title=title)
+        self.logger = RunLogger(t.output_dir, t.max_steps, self.start_step, progress=t.progress, title=title)
         self.done = self.start_step
         self.loop_started = time.time()
 
@@ -196,7 +205,7 @@ class StepState:
         if out_of_time(self.cfg, self.loop_started):
             self.logger.print(f"train.max_minutes={t.max_minutes} reached after step {self.done}; stopping")
             return True
-        if t.save_every and self.done % t.save_every == 0 and self.done < t.steps:
+        if t.save_every and self.done % t.save_every == 0 and self.done < t.max_steps:
             self._save()
         return False
 
@@ -227,4 +236,16 @@ def finish_run(run: RunSetup, cfg, logger, history, monitors, before, started: f
     return rows
 
 
-__all__ = ["Collected", "RunSetup", "StepState", "collect", "finish_run", "held_out", "log_step", "optimizer_step", "out_of_time", "start_run"]
+__all__ = [
+    "RunSetup",
+    "StepState",
+    "Timer",
+    "evaluate_held_out",
+    "finish_run",
+    "held_out",
+    "log_step",
+    "make_kl_controller",
+    "out_of_time",
+    "rollout_metrics",
+    "start_run",
+]

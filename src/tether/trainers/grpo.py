@@ -1,0 +1,130 @@
+"""GRPO (Shao et al. 2024): ``tether grpo``. Critic-free policy gradient from groups of samples.
+
+One step, top to bottom in ``run_grpo``:
+
+1. ``collect``: P prompts, G replies to each from the policy, the reward source's scores [P*G];
+2. the reference's log-probs of the replies (skipped when β is fixed at 0: no reference at all);
+3. advantages: each reply's score standardised within its group (mean, and std unless
+   ``grpo.normalize_std=false``, as Dr. GRPO), so no value function is trained;
+4. ``epochs`` passes over minibatches: the clipped surrogate plus β·KL_t(policy || reference)
+   per token (``kl.estimator``, k3 by default), averaged over the minibatch's response tokens;
+   ``optimizer_step``;
+5. the KL controller (if ``kl.adaptive``) moves β; ``StepState`` logs and checkpoints.
+
+β is ``kl.coef``, the one KL coefficient of every online algorithm (``grpo.beta`` is gone: a
+config that still sets it is refused with the new key's name). With one epoch of one minibatch
+the ratio is 1 and the loss is the plain policy gradient; approx-KL and clip fraction, 0 by
+construction, are then not logged.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from tether.config import opt
+from tether.trainers.online.config import KLConfig, OnlineSections, OnlineTrainConfig, group_train_defaults
+
+
+@dataclass
+class GRPOSection:
+    RENAMED = {"beta": "kl.coef"}  # not a field: one KL coefficient for every online algorithm
+
+    clip_eps: float = opt(0.2, "Clip range of the importance ratio.")
+    normalize_std: bool = opt(True, "Divide advantages by the group's reward std (false: mean baseline only, as Dr. GRPO).")
+
+
+@dataclass
+class GRPOConfig(OnlineSections):
+    """GRPO: group-relative advantages, clipped surrogate, KL to the reference in the loss."""
+
+    kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.04, estimator="k3"))
+    train: OnlineTrainConfig = field(default_factory=group_train_defaults("runs/grpo"))
+    grpo: GRPOSection = field(default_factory=GRPOSection)
+
+
+def run_grpo(cfg: GRPOConfig, reward_source=None, gold_source=None) -> dict:
+    """Train with GRPO; saves ``<output_dir>/model`` and returns the summary rows.
+
+    ``reward_source`` / ``gold_source`` (objects with ``score(prompts, responses)``) replace
+    ``reward.source`` / ``reward.gold`` when given (Python callers, tests).
+    """
+    from tether.losses.policy import grpo_loss, ppo_clip_loss
+    from tether.losses.reduce import masked_mean, token_mean_global
+    from tether.rl.advantages import group_advantages
+    from tether.rl.kl import kl_estimate
+    from tether.trainers.common import build_optimizer, build_scheduler, ensure_finite
+    from tether.trainers.online.batch import ResponseBatch, response_hidden, response_logprobs
+    from tether.trainers.online.rollout import collect
+    from tether.trainers.online.run import StepState, Timer, make_kl_controller, rollout_metrics, start_run
+    from tether.trainers.online.update import UpdateMeans, group_metrics, minibatches, optimizer_step, single_update
+
+    started = time.time()
+    t, g = cfg.train, cfg.grpo
+    group = t.samples_per_prompt
+    if group < 2:
+        raise ValueError(f"grpo needs train.samples_per_prompt >= 2 (a group to compare within), got {group}")
+    run = start_run(cfg, reward_source, gold_source)
+    params = [q for q in run.policy.parameters() if q.requires_grad]
+    optimizer = build_optimizer([{"params": params}], t)
+    scheduler = build_scheduler(optimizer, t.max_steps, t)
+    kl_ctl = make_kl_controller(cfg.kl)
+    state = StepState(run, cfg, run.policy, optimizer, scheduler, kl_ctl, "grpo", started)
+    temperature, chunk = cfg.sampling.temperature, cfg.model.chunk_size
+    # With one pass of one minibatch the sampling policy is the current one: the ratio is exactly 1
+    # and the rollout's own log-probs serve as the old ones, saving a forward pass.
+    one_update = single_update(t, t.prompts_per_step * group)
+    run.policy.train()
+    for step in range(state.start_step, t.max_steps):
+        timer = Timer()
+        got = collect(run, cfg, step, timer)  # 1. prompts, G replies each, scores
+        rollout, scores, mask = got.rollout, got.scores, got.batch.mask  # mask: [B, Tr]
+        old_lp = rollout.logprobs.float()  # [B, Tr], under softmax(logits / temperature)
+        ref_lp = kl = None  # 2. no reference: β is fixed at 0
+        if run.reference is not None:
+            with timer("reference"):
+                ref_lp = run.reference.logprobs(run.policy, got.batch, temperature, chunk)  # [B, Tr]
+            kl = torch.where(mask, kl_estimate(cfg.kl.estimator, old_lp, ref_lp), torch.zeros(()))  # [B, Tr], logged only
+        advantages = group_advantages(scores, group, normalize_std=g.normalize_std)  # 3. [B]; the KL is in the loss, not here
+
+        with timer("update"):  # 4.
+            means = UpdateMeans()
+            shuffle = torch.Generator().manual_seed(t.seed * 7919 + step)
+            for _epoch in range(t.epochs):
+                for rows in minibatches(len(rollout.texts), t.minibatch_size, shuffle):
+                    sub = ResponseBatch.from_rollout(rollout, run.pad_id, rows)
+                    m = sub.mask  # [b, Tr]
+                    logprobs, entropy = response_logprobs(run.policy, response_hidden(run.policy, sub), sub, temperature, chunk, entropy=True)  # [b, Tr]
+                    old = None if one_update else old_lp[rows]
+                    if ref_lp is not None:
+                        losses, lm = grpo_loss(logprobs, old, ref_lp[rows], advantages[rows], m, clip_eps=g.clip_eps, beta=kl_ctl.value, kl_estimator=cfg.kl.estimator)
+                    else:
+                        losses, lm = ppo_clip_loss(logprobs, old, advantages[rows], m, clip_eps=g.clip_eps)
+                    loss = token_mean_global(losses, m, m.sum().clamp(min=1))
+                    ensure_finite(loss.detach(), step + 1)
+                    piece = {
+                        "grad_norm": optimizer_step(loss, params, optimizer, t.max_grad_norm),
+                        "loss/total": float(loss.detach()),
+                        "policy/entropy": float(masked_mean(entropy, m)),
+                    }
+                    if not one_update:  # else the ratio is 1: both 0 by construction
+                        piece["policy/approx_kl"] = float(lm["approx_kl"])
+                        piece["policy/clip_frac"] = float(lm["clipfrac"])
+                    means.add(piece)
+            metrics = means.means()
+            metrics["lr"] = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+
+        metrics.update(rollout_metrics(rollout, scores, kl, got.gold))  # 5.
+        metrics.update(got.extras)
+        metrics.update(timer.metrics())
+        metrics["kl/coef"] = kl_ctl.value
+        metrics.update(group_metrics(scores, advantages, group))
+        if state.end_step(step, metrics, len(rollout.texts)):
+            break
+    return state.finish()
+
+
+__all__ = ["GRPOConfig", "GRPOSection", "run_grpo"]

@@ -1,0 +1,107 @@
+"""Rollout collection, the first half of every online step: this step's prompts, replies to
+each from the policy, and the reward source's scores. Nothing here knows an algorithm.
+
+    prompts (``load_prompts``, the step's window of ``StepPlan``) -> ``sample_responses``
+    (``tether.rollout.engine.generate``) -> ``score`` -> ``Collected``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tether.trainers.online.batch import ResponseBatch
+from tether.trainers.online.config import PromptDataConfig, SamplingConfig
+
+
+def load_prompts(cfg: PromptDataConfig) -> tuple[list[list[dict]], list[list[dict]]]:
+    """(train prompts, held-out prompts), each a conversation ending in a user turn."""
+    from tether.data import load_records
+
+    records = load_records(cfg.path, kind="prompt").records
+    prompts = [r.prompt for r in records]
+    n_eval = min(cfg.eval_prompts, max(0, len(prompts) - 1))
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.split_seed)).tolist()
+    held_out = set(order[:n_eval])
+    train = [p for i, p in enumerate(prompts) if i not in held_out]
+    return train, [prompts[i] for i in sorted(held_out)]
+
+
+def prompt_text(prompt: list[dict]) -> str:
+    """What a reward source sees as the prompt: the last user message."""
+    return prompt[-1]["content"]
+
+
+def sampling_params(cfg: SamplingConfig):
+    from tether.rollout.engine import SamplingParams
+
+    return SamplingParams(
+        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, stop_at_eos=cfg.stop_at_eos, min_new_tokens=cfg.min_new_tokens
+    )
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The sampling generator of one step: seeded by (seed, step) so a resumed run draws the same."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+@torch.no_grad()
+def sample_responses(model, tokenizer, prompts: list[list[dict]], group_size: int, params, generator: torch.Generator):
+    """``group_size`` responses to each prompt, group-major (prompt i's are rows i*G .. i*G+G-1)."""
+    from tether.rollout.engine import encode_prompts, generate
+
+    was_training = model.training
+    model.eval()
+    ids = encode_prompts(tokenizer, prompts)
+    rollout = generate(model, tokenizer, [p for p in ids for _ in range(group_size)], params, generator)
+    model.train(was_training)
+    return rollout
+
+
+def load_reward(spec: str, penalty: float | None = None):
+    from tether.rollout.rewards import load_reward_source
+
+    kw = {"penalty": penalty} if penalty is not None and Path(spec).expanduser().is_dir() else {}
+    return load_reward_source(spec, **kw)
+
+
+def score(source, prompts: list[list[dict]], texts: list[str], group_size: int, clip: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Scores [B] of the responses (prompts repeated ``group_size`` times) and the means of any diagnostics."""
+    repeated = [prompt_text(p) for p in prompts for _ in range(group_size)]
+    out = source.score(repeated, list(texts))
+    scores = out["reward"].float()  # [B]
+    if clip is not None:
+        scores = scores.clamp(-clip, clip)
+    extras = {f"reward/{k}": float(v.float().mean()) for k, v in out.items() if k != "reward"}
+    return scores, extras
+
+
+@dataclass
+class Collected:
+    """One step's rollout and its scores: the first half of every online step."""
+
+    prompts: list
+    rollout: object  # tether.rollout.Rollout, [B] replies, B = prompts x samples_per_prompt
+    scores: torch.Tensor  # [B] proxy reward (clipped to reward.clip)
+    extras: dict[str, float]  # what the reward source reports beside the scores
+    gold: torch.Tensor | None  # [B] gold judge's scores, when one is configured
+    batch: ResponseBatch  # all B replies, for the reference and old-policy passes
+
+
+def collect(run, cfg, step: int, timer) -> Collected:
+    """This step's prompts, ``samples_per_prompt`` replies to each, and their scores.
+    ``run``: the ``RunSetup`` (policy, sources, prompts, plan); ``timer``: the step's ``Timer``."""
+    t = cfg.train
+    group = t.samples_per_prompt
+    prompts = [run.train_prompts[i] for i in run.plan.indices(step)]
+    with timer("generate"):
+        rollout = sample_responses(run.policy, run.tokenizer, prompts, group, run.params, step_generator(t.seed, step))
+    with timer("score"):
+        scores, extras = score(run.source, prompts, rollout.texts, group, cfg.reward.clip)  # [B]
+        gold = score(run.gold, prompts, rollout.texts, group)[0] if run.gold is not None else None  # [B]
+    return Collected(prompts, rollout, scores, extras, gold, ResponseBatch.from_rollout(rollout, run.pad_id))
+
+
+__all__ = ["Collected", "collect", "load_prompts", "load_reward", "prompt_text", "sample_responses", "sampling_params", "score", "step_generator"]
