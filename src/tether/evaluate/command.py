@@ -105,7 +105,7 @@ def print_eval(result: dict, console=None) -> None:
         table.add_row(f"length-controlled win-rate ({name})", _fmt(w["lc_win_rate"]), f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "", f"length slope {w['lc_length_slope']:.3f}, mean Δlen {w['length_delta_mean']:.1f}")
     if "kl" in result:
         k = result["kl"]
-        table.add_row("KL to reference (nats/response)", f"{k['mean']:.3f} ± {k['stderr']:.3f}", _interval(k), "Σ_t log π − log π_ref over the policy's samples")
+        table.add_row("KL to reference (nats/response)", f"{k['mean']:.3f} ± {k['stderr']:.3f}", _interval(k), "over the policy's samples")
     for side, e in result["length"].items():
         table.add_row(f"length in tokens ({side})", f"{e['mean']:.1f} ± {e['stderr']:.1f}", "", f"std {e['std']:.1f}")
     for side, d in result["diversity"].items():

@@ -197,7 +197,7 @@ def evaluate_policy(policy, tokenizer, prompts: list, *, reference=None, referen
 def _sample_rows(row_prompts, pol, ref, sources, judged, samples: int) -> list[dict]:
     rows = []
     for r, prompt in enumerate(row_prompts):
-        row = {"prompt": prompt, "prompt_index": pol.prompt_index[r], "sample": r % samples, "policy": pol.texts[r], "policy_tokens": int(pol.lengths[r])}
+        row = {"prompt": prompt, "prompt_index": pol.prompt_index[r], "sample": r % samples, "policy": pol.texts[r], "policy_tokens": int(pol.lengths[r]), "policy_token_ids": pol.response_ids[r]}
         if ref is not None:
             row.update(reference=ref.texts[r], reference_tokens=int(ref.lengths[r]))
         row["rewards"] = {name: ({"policy": float(pol.rewards[name][r])} | ({"reference": float(ref.rewards[name][r])} if ref is not None else {})) for name in sources}
