@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 JUDGE_HELP = "a pairwise judge: 'vader', 'module:function' (rewards compared) or a reward model / ensemble directory; repeat for several"
@@ -126,6 +127,7 @@ def run_eval(args: argparse.Namespace) -> dict:
     from tether.rollout.engine import SamplingParams
     from tether.rollout.rewards import load_reward_source
 
+    started = time.perf_counter()
     if (args.pairs is None) != (args.reward_model is None):
         raise ValueError("--pairs and --reward-model go together: reward-model accuracy needs labelled pairs and the model to score them")
     rewards = args.reward if args.reward else ["vader"]
@@ -148,6 +150,7 @@ def run_eval(args: argparse.Namespace) -> dict:
     ref_model, ref_tokenizer = (None, None)
     if reference is not None:
         ref_model, ref_tokenizer = (policy, tokenizer) if reference == args.policy else load_model(reference)
+    loaded = time.perf_counter() - started
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
     settings = EvalSettings(
         sampling=sampling, samples_per_prompt=args.samples, seed=args.seed, batch_size=args.batch_size,
@@ -160,6 +163,7 @@ def run_eval(args: argparse.Namespace) -> dict:
 
         report = run_rm_eval(args.reward_model, args.pairs)
         result["reward_model"] = {"model": args.reward_model, "pairs_file": args.pairs, **report}
+    result["seconds"] = {"loading": round(loaded, 2), **result["seconds"], "total": round(time.perf_counter() - started, 2)}
     print_eval(result)
     if args.output:
         path = write_eval(result, args.output)
