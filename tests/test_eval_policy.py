@@ -23,7 +23,7 @@ def _letters():
 
 
 def _settings(**kw):
-    base = dict(sampling=SamplingParams(max_new_tokens=6, temperature=1.3), samples_per_prompt=2, bootstrap_rounds=50)
+    base = {"sampling": SamplingParams(max_new_tokens=6, temperature=1.3), "samples_per_prompt": 2, "bootstrap_rounds": 50}
     return EvalSettings(**{**base, **kw})
 
 
@@ -122,3 +122,72 @@ def test_cli_without_reference_or_run_config_says_what_to_pass(tmp_path, capsys)
     save_model(policy, tok, tmp_path / "lonely")
     assert main(["eval", "--policy", str(tmp_path / "lonely")]) == 1
     assert "pass --reference" in capsys.readouterr().err
+
+
+def test_cli_reward_model_as_reward_judge_and_accuracy_on_pairs(tmp_path):
+    """A saved tiny reward model serves as --reward, --judge and, with --pairs, is scored for accuracy
+    and calibration exactly as `tether rm eval` scores it (the same report)."""
+    from tether.cli import main
+    from tether.models.reward import RewardModel
+    from tether.trainers.rm import run_rm_eval
+
+    backbone, tok = tiny_model_and_tokenizer(seed=3)
+    torch.manual_seed(3)
+    RewardModel(backbone, tok).eval().save_pretrained(tmp_path / "rm")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Q{i}", "chosen": "a good answer" * (i + 1), "rejected": "bad"}) + "\n" for i in range(5)))
+    rm = str(tmp_path / "rm")
+    out = tmp_path / "eval"
+    code = main([
+        "eval", "--policy", "tiny", "--reference", "tiny", "--held-out", "3", "--reward", rm, "--judge", rm,
+        "--max-new-tokens", "4", "--bootstrap", "20", "--pairs", str(pairs), "--reward-model", rm, "--output", str(out),
+    ])
+    assert code == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["win_rates"][rm]["n"] == 3 and rm in report["rewards"]
+    expected = run_rm_eval(rm, str(pairs))
+    assert report["reward_model"]["accuracy"] == pytest.approx(expected["accuracy"]) and report["reward_model"]["ece"] == pytest.approx(expected["ece"])
+
+
+def test_cli_pairs_need_a_reward_model(capsys):
+    from tether.cli import main
+
+    assert main(["eval", "--policy", "tiny", "--reference", "tiny", "--pairs", "bundled:preferences"]) == 1
+    assert "--pairs and --reward-model go together" in capsys.readouterr().err
+
+
+def test_adapter_reference_equals_a_frozen_copy_of_the_base():
+    """reference='adapter' (the LoRA policy with its adapters off) gives the same samples, rewards and
+    KL as passing a copy of the base model taken before the adapters were added; the adapters are
+    perturbed first so the KL is not 0."""
+    import copy
+
+    from tether.models import apply_lora
+
+    base, tok = tiny_model_and_tokenizer(seed=4)
+    frozen = copy.deepcopy(base).eval()
+    policy = apply_lora(base, r=4, alpha=8)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    policy.eval()
+    kw = {"reward_sources": [_letters()], "settings": _settings()}
+    with_adapter = evaluate_policy(policy, tok, PROMPTS, reference="adapter", **kw)
+    with_copy = evaluate_policy(policy, tok, PROMPTS, reference=frozen, **kw)
+    assert abs(with_copy["kl"]["mean"]) > 1e-2
+    assert with_adapter["kl"]["mean"] == pytest.approx(with_copy["kl"]["mean"], abs=1e-5)
+    assert [r["reference"] for r in with_adapter["samples"]] == [r["reference"] for r in with_copy["samples"]]
+
+
+def test_held_out_prompts_warn_when_the_policy_trained_on_some(capsys):
+    """A run that held out 4 prompts of the file (split seed 1234) trained on the rest: asking for 8
+    held-out prompts with that seed includes 4 of its training prompts, and says so."""
+    from tether.evaluate.command import held_out_prompts
+
+    config = {"data": {"path": "bundled:review_prompts", "eval_prompts": 4, "split_seed": 1234}}
+    assert len(held_out_prompts("bundled:review_prompts", 4, 1234, config)) == 4
+    assert "warning" not in capsys.readouterr().err
+    assert len(held_out_prompts("bundled:review_prompts", 8, 1234, config)) == 8
+    assert "were training prompts (use --held-out 4 --split-seed 1234)" in capsys.readouterr().err

@@ -7,8 +7,21 @@ import math
 import pytest
 import torch
 
-from tether.evaluate.stats import bootstrap_counts, distinct_n, mean_std_stderr, percentile_interval, row_weights, weighted_mean
-from tether.evaluate.winrate import fit_length_logistic, hard_verdict, judge_pairs, length_controlled, win_rate_report
+from tether.evaluate.stats import (
+    bootstrap_counts,
+    distinct_n,
+    mean_std_stderr,
+    percentile_interval,
+    row_weights,
+    weighted_mean,
+)
+from tether.evaluate.winrate import (
+    fit_length_logistic,
+    hard_verdict,
+    judge_pairs,
+    length_controlled,
+    win_rate_report,
+)
 from tether.feedback.judges import RewardJudge, load_judge
 from tether.rollout.rewards import FunctionReward
 
@@ -116,13 +129,24 @@ def test_length_control_removes_a_pure_length_advantage(judge_kind):
     assert report["lc_length_slope"] > 1.0
 
 
-def test_length_control_keeps_a_real_advantage_and_needs_a_length_signal():
-    """Verdicts independent of length: the fit's slope is near 0 and σ(a) near the raw rate. All
-    length differences equal (sd 0): the feature is 0 and σ(a) equals the raw win-rate exactly,
+def test_length_control_keeps_an_advantage_that_is_not_length():
+    """Verdicts drawn independently of the lengths (a win with probability 0.7): the fitted slope is
+    small and σ(a) stays near the raw win-rate."""
+    g = torch.Generator().manual_seed(5)
+    n = 400
+    verdict = (torch.rand(n, generator=g) < 0.7).double()
+    delta = torch.randint(-20, 21, (n,), generator=g).double()
+    lc, slope = length_controlled(verdict, delta, torch.ones(1, n, dtype=torch.float64))
+    assert abs(float(lc[0]) - float(verdict.mean())) < 0.02
+    assert abs(float(slope[0])) < 0.5
+
+
+def test_length_control_without_a_length_signal_is_the_raw_win_rate():
+    """All length differences equal (sd 0): the feature is 0 and σ(a) equals the raw win-rate exactly,
     since the intercept-only maximum-likelihood fit of soft targets is logit(mean)."""
     verdict = torch.tensor([1.0, 1.0, 0.5, 0.0, 1.0, 1.0, 0.5, 1.0], dtype=torch.float64)
     same = torch.full((8,), 3.0, dtype=torch.float64)
-    lc, slope = length_controlled(verdict, same, torch.ones(1, 8, dtype=torch.float64))
+    lc, _ = length_controlled(verdict, same, torch.ones(1, 8, dtype=torch.float64))
     assert float(lc[0]) == pytest.approx(float(verdict.mean()), abs=1e-9)
 
 

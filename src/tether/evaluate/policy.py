@@ -123,7 +123,12 @@ def evaluate_policy(policy, tokenizer, prompts: list, *, reference=None, referen
     row per response pair) for ``write_eval``, ``summary_metrics`` and ``print_eval``.
     """
     from tether.evaluate.online import sample_and_score
-    from tether.evaluate.stats import bootstrap_counts, bootstrap_mean, distinct_n, mean_std_stderr
+    from tether.evaluate.stats import (
+        bootstrap_counts,
+        bootstrap_mean,
+        distinct_n,
+        mean_std_stderr,
+    )
     from tether.evaluate.winrate import judge_pairs, win_rate_report
 
     settings = settings or EvalSettings()
@@ -236,8 +241,7 @@ def write_eval(result: dict, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2) + "\n", encoding="utf-8")
     with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
-        for row in result.get("samples", []):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in result.get("samples", []))
     return out / "eval.json"
 
 

@@ -30,7 +30,12 @@ from __future__ import annotations
 
 import torch
 
-from tether.evaluate.stats import bootstrap_counts, percentile_interval, row_weights, weighted_mean
+from tether.evaluate.stats import (
+    bootstrap_counts,
+    percentile_interval,
+    row_weights,
+    weighted_mean,
+)
 
 
 def hard_verdict(prob: torch.Tensor) -> torch.Tensor:
