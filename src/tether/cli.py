@@ -183,12 +183,20 @@ def _add_rm_parser(sub) -> None:
     s.set_defaults(_handler=_rm_score)
 
 
+def _add_eval_parser(sub) -> None:
+    """`tether eval` (its arguments and handler live in tether.evaluate.command)."""
+    from tether.evaluate.command import add_eval_command
+
+    add_eval_command(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description="Align language models with human preferences.")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name, command in TRAINING_COMMANDS.items():
         _add_training_parser(sub, name, command)
     _add_rm_parser(sub)
+    _add_eval_parser(sub)
 
     g = sub.add_parser("generate", help="Generate replies from a model for one or more prompts.", description="Generate replies from a model (greedy).")
     g.add_argument("--model", default="default", help="'default', 'tiny', a model directory or a .gguf file")

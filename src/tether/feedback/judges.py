@@ -8,7 +8,9 @@ app's AI suggestions and ``rollout.rewards.PreferenceModelReward`` (win probabil
 Implementations: ``RewardJudge`` here (any reward source: the gold function, a reward model or
 ensemble), the AI judge (``feedback.ai_judge``) and the pairwise preference model
 (``models.preference``). ``both_orders`` asks a judge in the two orders and reports where they
-disagree, which cancels a position bias.
+disagree, which cancels a position bias. A judge whose verdict cannot depend on the order (a
+comparison of two rewards) says so with ``order_invariant = True``; ``tether eval`` asks it once
+and every other judge in both orders. ``load_judge(spec)`` builds one from a string.
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ class RewardJudge:
     ``temperature=0`` gives hard verdicts: 1 when the first scores higher by more than ``tie_margin``,
     0 when the second does, 0.5 otherwise. ``temperature>0`` gives the Bradley–Terry probability
     ``sigmoid((r_first - r_second) / temperature)`` (ties do not apply then).
+
+    ``order_invariant``: swapping the two responses gives exactly 1 − the verdict, so ``tether
+    eval`` asks it once, where it asks any other judge in both orders (see ``tether.evaluate.winrate``).
     """
+
+    order_invariant = True
 
     def __init__(self, source, temperature: float = 0.0, tie_margin: float = 0.0, name: str | None = None):
         if temperature < 0 or tie_margin < 0:
@@ -78,4 +85,26 @@ def both_orders(judge: PairJudge, prompts: list[str], first: list[str], second: 
     return BothOrders(prob=(forward + backward) / 2, disagree=disagree)
 
 
-__all__ = ["BothOrders", "PairJudge", "RewardJudge", "both_orders"]
+JUDGE_SPECS = (
+    "'vader' (VADER sentiment of each reply, compared)",
+    "'module:function' (a reward function or RewardSource object/class, its rewards compared)",
+    "a saved reward model or reward ensemble directory (its rewards compared)",
+)
+
+
+def load_judge(spec: str, *, temperature: float = 0.0, tie_margin: float = 0.0, **source_kw) -> PairJudge:
+    """A pairwise judge from a string. Every spec accepted today is a reward source
+    (``tether.rollout.rewards.load_reward_source``) wrapped in a ``RewardJudge``; ``temperature``
+    and ``tie_margin`` are the RewardJudge's, other keywords go to the reward source.
+    Anything else is an error listing ``JUDGE_SPECS``."""
+    from tether.rollout.rewards import load_reward_source
+
+    try:
+        source = load_reward_source(spec, **source_kw)
+    except ValueError as e:
+        accepted = "; ".join(JUDGE_SPECS)
+        raise ValueError(f"unknown judge {spec!r} ({e}); accepted judges: {accepted}") from e
+    return RewardJudge(source, temperature=temperature, tie_margin=tie_margin, name=getattr(source, "name", spec))
+
+
+__all__ = ["JUDGE_SPECS", "BothOrders", "PairJudge", "RewardJudge", "both_orders", "load_judge"]
