@@ -129,7 +129,7 @@ def test_cli_reward_model_as_reward_judge_and_accuracy_on_pairs(tmp_path):
     and calibration exactly as `tether rm eval` scores it (the same report)."""
     from tether.cli import main
     from tether.models.reward import RewardModel
-    from tether.trainers.rm import run_rm_eval
+    from tether.evaluate.reward_model import run_rm_eval
 
     backbone, tok = tiny_model_and_tokenizer(seed=3)
     torch.manual_seed(3)

@@ -45,7 +45,8 @@ def default_reference(policy: str, config: dict | None) -> str:
 def held_out_prompts(path: str, held_out: int, split_seed: int, policy_config: dict | None) -> list:
     """The seeded held-out pick of the online trainers (``trainers.online.load_prompts``); warns when the
     policy's own run trained on some of them."""
-    from tether.trainers.online import PromptDataConfig, load_prompts
+    from tether.trainers.online.config import PromptDataConfig
+    from tether.trainers.online.rollout import load_prompts
 
     if held_out <= 0:
         from tether.data import load_records
@@ -159,7 +160,7 @@ def run_eval(args: argparse.Namespace) -> dict:
     result = evaluate_policy(policy, tokenizer, prompts, reference=ref_model, reference_tokenizer=ref_tokenizer, reward_sources=sources, judges=judge_objects, settings=settings)
     result = {"policy": args.policy, "reference": reference, "prompts_file": args.prompts, **result}
     if args.pairs is not None:
-        from tether.trainers.rm import run_rm_eval
+        from tether.evaluate.reward_model import run_rm_eval
 
         report = run_rm_eval(args.reward_model, args.pairs)
         result["reward_model"] = {"model": args.reward_model, "pairs_file": args.pairs, **report}

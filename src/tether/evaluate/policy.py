@@ -95,7 +95,7 @@ def _reference_model(policy, reference):
 def _kl_hook(model, context, tokenizer, settings: EvalSettings):
     """``reference_logprobs(rollout) -> [B, Tr]`` through the online trainers' own log-prob code."""
     from tether.rollout.engine import pad_token_id
-    from tether.trainers.online import ResponseBatch, response_hidden, response_logprobs
+    from tether.trainers.online.batch import ResponseBatch, response_hidden, response_logprobs
 
     pad = pad_token_id(tokenizer)
 
