@@ -62,6 +62,8 @@ class DataConfig:
     max_length: int = opt(512, "Maximum tokens per sequence (prompt + completion).")
     truncation: Literal["truncate_prompt", "truncate_completion", "drop"] = opt("truncate_prompt", "What to do with over-long examples: cut the prompt's start first, cut the completion's end, or drop the example. Every case is counted and reported.")
     on_error: Literal["raise", "skip"] = opt("raise", "Malformed rows: stop with an error naming file, line and field, or skip them and report which.")
+    score_key: str | None = opt(None, "Rankings given as objects (a reply and its score each): the field holding the score, a dotted path for nested ones, e.g. fine-grained_score or annotations.helpfulness.Rating (UltraFeedback). Unset: score, else overall_score.")
+    ties: Literal["drop", "file_order", "error"] = opt("drop", "Rankings whose scores tie (the ranking losses read a list as a strict order): keep the first reply of each score (a ranking left with one reply is skipped), keep all in file order (the earlier counts as preferred), or stop. Reported either way.")
     pack: bool = opt(False, "Pack several sequences into one row (position ids restart per sequence) so no compute goes to padding.")
 
 
