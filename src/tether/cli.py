@@ -74,6 +74,14 @@ def _key_table(config_cls) -> str:
     return "\n".join(lines)
 
 
+def _preset_names(command: str) -> str:
+    """The packaged presets for ``command`` (named ``<command>_*``), for its --help."""
+    from tether.config import presets
+
+    names = [p for p in presets() if p.startswith(f"{command}_")]
+    return "presets: " + ", ".join(names) if names else "none ship for this command"
+
+
 def _add_training_parser(sub, name: str, command: TrainingCommand) -> None:
     config_cls = _load(command.config)
     p = sub.add_parser(
@@ -83,7 +91,7 @@ def _add_training_parser(sub, name: str, command: TrainingCommand) -> None:
         epilog=_key_table(config_cls),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", help="YAML file with configuration sections")
+    p.add_argument("--config", help=f"YAML file with configuration sections, or a packaged preset by name ({_preset_names(name)})")
     for flag, key in {**COMMON_FLAGS, **command.flags}.items():
         p.add_argument(flag, dest=key, metavar=key.split(".")[-1].upper(), help=f"same as {key}=...")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output directory")
