@@ -160,3 +160,15 @@ def test_training_data_reports_ties_and_drops_them(tmp_path):
     assert any("2 rankings have tied scores" in line and "data.ties=drop" in line for line in data.report)
     with pytest.raises(DataError, match="data.ties=error"):
         prepare_data(tiny_tokenizer(), DataConfig(path=cfg.path, eval_fraction=0.0, ties="error"), "ranking", seed=0)
+
+
+def test_data_check_reads_scored_objects_and_counts_ties(tmp_path, capsys):
+    from tether.cli import main
+
+    row = json.loads(json.dumps(ULTRAFEEDBACK_ROW))
+    row["completions"][2]["annotations"]["helpfulness"]["Rating"] = "4"  # ties Seven (4) under helpfulness
+    path = _write(tmp_path, [ULTRAFEEDBACK_ROW, row])
+    assert main(["data", "check", str(path)]) == 0
+    assert "2 ranking records, 0 malformed" in capsys.readouterr().out
+    assert main(["data", "check", str(path), "--score-key", "annotations.helpfulness.Rating"]) == 0
+    assert f"1 rankings have tied scores (first at {path}:2)" in capsys.readouterr().out

@@ -177,8 +177,13 @@ def _add_generate_parser(sub) -> None:
 def _data_check(args: argparse.Namespace) -> int:
     from tether.data import load_records
 
-    loaded = load_records(args.path, kind=args.kind, on_error="skip")
+    loaded = load_records(args.path, kind=args.kind, on_error="skip", score_key=args.score_key)
     print(f"{args.path}: {len(loaded.records)} {loaded.kind} records, {len(loaded.skipped)} malformed")
+    from tether.data.rankings import has_ties
+
+    tied = [r for r in loaded.records if has_ties(r)]
+    if tied:
+        print(f"  {len(tied)} rankings have tied scores (first at {tied[0].source}); training resolves ties by data.ties (drop, file_order or error)")
     for err in loaded.skipped[:20]:
         print(f"  {err}")
     if len(loaded.skipped) > 20:
@@ -207,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     dc = dsub.add_parser("check", help="Validate a data file and list malformed rows with file:line and reason.")
     dc.add_argument("path")
     dc.add_argument("--kind", default="auto", choices=["auto", "demonstration", "preference", "ranking", "unpaired", "prompt"])
+    dc.add_argument("--score-key", default=None, help="rankings of scored objects: the score's field, as data.score_key (e.g. annotations.helpfulness.Rating)")
     dc.set_defaults(_handler=_data_check)
     return parser
 

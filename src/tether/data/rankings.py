@@ -113,8 +113,9 @@ def parse_ranking(row: Row, score_key: str | None = None) -> Ranking:
     return Ranking(prompt, completions, row.source, scores)
 
 
-def has_ties(ranking: Ranking) -> bool:
-    return ranking.scores is not None and len(set(ranking.scores)) < len(ranking.scores)
+def has_ties(record) -> bool:
+    """A ranking with two or more equal scores (False for any other record)."""
+    return isinstance(record, Ranking) and record.scores is not None and len(set(record.scores)) < len(record.scores)
 
 
 def resolve_ties(records: list, policy: str, what: str) -> tuple[list, list[str]]:
@@ -129,7 +130,7 @@ def resolve_ties(records: list, policy: str, what: str) -> tuple[list, list[str]
     """
     if policy not in TIES:
         raise ValueError(f"data.ties must be one of {', '.join(TIES)}, got {policy!r}")
-    tied = [r for r in records if isinstance(r, Ranking) and has_ties(r)]
+    tied = [r for r in records if has_ties(r)]
     if not tied:
         return records, []
     first = tied[0]
@@ -140,7 +141,7 @@ def resolve_ties(records: list, policy: str, what: str) -> tuple[list, list[str]
         return records, [f"{what}: {len(tied)} rankings have tied scores ({example}); data.ties=file_order trains tied replies in file order, as if the earlier were preferred"]
     kept, dropped_replies, dropped_rankings = [], 0, 0
     for record in records:
-        if not (isinstance(record, Ranking) and has_ties(record)):
+        if not has_ties(record):
             kept.append(record)
             continue
         seen: set[float] = set()
