@@ -118,12 +118,26 @@ def test_preference_reward_symmetric_cancels_position_bias():
 
 
 def test_vader_positive_beats_negative():
-    pytest.importorskip("vaderSentiment")
     source = vader_reward()
     out = source.score(["Review it.", "Review it."], ["A wonderful, delightful film. I loved it!", "Awful, boring and painful. I hated it."])
     positive, negative = out["reward"].tolist()
     assert positive > 0.5 and negative < -0.5
     assert load_reward_source("vader").name == "vader"
+
+
+def test_missing_vader_names_the_install_command(monkeypatch):
+    """vaderSentiment is a main dependency; where it is missing anyway, asking for the VADER judge
+    fails at set-up with the command that installs it."""
+    from tether.feedback import simulated
+
+    monkeypatch.setitem(sys.modules, "vaderSentiment", None)  # makes the import raise ImportError
+    monkeypatch.setitem(sys.modules, "vaderSentiment.vaderSentiment", None)
+    simulated._vader.cache_clear()
+    try:
+        with pytest.raises(ImportError, match="pip install vaderSentiment"):
+            load_reward_source("vader")
+    finally:
+        simulated._vader.cache_clear()
 
 
 def test_load_reward_source_module_function(monkeypatch):

@@ -74,6 +74,14 @@ def _key_table(config_cls) -> str:
     return "\n".join(lines)
 
 
+def _preset_names(command: str) -> str:
+    """The packaged presets for ``command`` (named ``<command>_*``), for its --help."""
+    from tether.config import presets
+
+    names = [p for p in presets() if p.startswith(f"{command}_")]
+    return "presets: " + ", ".join(names) if names else "none ship for this command"
+
+
 def _add_training_parser(sub, name: str, command: TrainingCommand) -> None:
     config_cls = _load(command.config)
     p = sub.add_parser(
@@ -83,7 +91,7 @@ def _add_training_parser(sub, name: str, command: TrainingCommand) -> None:
         epilog=_key_table(config_cls),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", help="YAML file with configuration sections")
+    p.add_argument("--config", help=f"YAML file with configuration sections, or a packaged preset by name ({_preset_names(name)})")
     for flag, key in {**COMMON_FLAGS, **command.flags}.items():
         p.add_argument(flag, dest=key, metavar=key.split(".")[-1].upper(), help=f"same as {key}=...")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output directory")
@@ -105,20 +113,77 @@ def _run_training(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    """`tether generate`: replies from tether's rollout engine (tether.rollout.replies), printed
+    and optionally written as JSONL, one row per reply."""
+    import json
+
+    from tether.config import ConfigError
+    from tether.rollout.engine import SamplingParams
+
+    prompts: list = list(args.prompt or [])
+    if args.prompts:
+        from tether.data import load_records
+
+        prompts += [record.prompt for record in load_records(args.prompts, kind="prompt").records]
+    if not prompts:
+        raise ConfigError("no prompts: give --prompt TEXT (repeatable) and/or --prompts FILE")
+    greedy = args.temperature == 0
+    try:  # settings checked before the model loads
+        params = SamplingParams(args.max_new_tokens, 1.0 if greedy else args.temperature, args.top_p, args.top_k, greedy=greedy)
+        if greedy and args.samples > 1:
+            raise ValueError(f"--samples {args.samples} with temperature 0 (greedy) gives identical replies; set --temperature above 0")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
     from tether.models import load_model
-    from tether.trainers.sft import sample_completions
+    from tether.rollout.replies import sample_replies
 
     model, tokenizer = load_model(args.model)
-    for prompt, text in zip(args.prompt, sample_completions(model, tokenizer, args.prompt, args.max_new_tokens)):
-        print(f"### {prompt}\n{text}\n")
+    replies = sample_replies(model, tokenizer, prompts, params, args.samples, args.seed, args.batch_size)
+    for reply in replies:
+        head = reply.prompt[-1]["content"] + (f"  [sample {reply.sample + 1}/{args.samples}]" if args.samples > 1 else "")
+        print(f"### {head}\n{reply.text}\n")
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            for reply in replies:
+                prompt = reply.prompt[0]["content"] if len(reply.prompt) == 1 else reply.prompt
+                row = {"prompt": prompt, "completion": reply.text, "sample": reply.sample, "seed": args.seed, "temperature": args.temperature,
+                       "top_p": args.top_p, "top_k": args.top_k, "new_tokens": reply.new_tokens, "finished": reply.finished}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        print(f"wrote {len(replies)} replies to {args.output}")
     return 0
+
+
+def _add_generate_parser(sub) -> None:
+    g = sub.add_parser(
+        "generate",
+        help="Generate replies from a model for one or more prompts.",
+        description="Generate replies with tether's rollout engine: greedy (--temperature 0, the default) or sampled, several per prompt.",
+    )
+    g.add_argument("--model", default="default", help="'default', 'tiny', a model directory or a .gguf file")
+    g.add_argument("--prompt", action="append", help="a user message; repeat for several")
+    g.add_argument("--prompts", metavar="FILE", help="a data file whose prompts to reply to (any kind: prompts, demonstrations, pairs, ...)")
+    g.add_argument("--max-new-tokens", type=int, default=96)
+    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the most likely token each step); above 0: sample")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: draw from the smallest set of tokens holding this much probability (1: off)")
+    g.add_argument("--top-k", type=int, default=0, help="draw from the k most likely tokens (0: off)")
+    g.add_argument("--samples", "-n", type=int, default=1, help="replies per prompt")
+    g.add_argument("--seed", type=int, default=0, help="seed of the sampler: the same seed gives the same replies")
+    g.add_argument("--batch-size", type=int, default=16, help="rows (prompt x sample) generated together")
+    g.add_argument("--output", metavar="FILE.jsonl", help="also write one JSON row per reply: prompt, completion, sample, seed, settings")
+    g.set_defaults(_handler=_generate)
 
 
 def _data_check(args: argparse.Namespace) -> int:
     from tether.data import load_records
 
-    loaded = load_records(args.path, kind=args.kind, on_error="skip")
+    loaded = load_records(args.path, kind=args.kind, on_error="skip", score_key=args.score_key)
     print(f"{args.path}: {len(loaded.records)} {loaded.kind} records, {len(loaded.skipped)} malformed")
+    from tether.data.rankings import has_ties
+
+    tied = [r for r in loaded.records if has_ties(r)]
+    if tied:
+        print(f"  {len(tied)} rankings have tied scores (first at {tied[0].source}); training resolves ties by data.ties (drop, file_order or error)")
     for err in loaded.skipped[:20]:
         print(f"  {err}")
     if len(loaded.skipped) > 20:
@@ -198,17 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rm_parser(sub)
     _add_eval_parser(sub)
 
-    g = sub.add_parser("generate", help="Generate replies from a model for one or more prompts.", description="Generate replies from a model (greedy).")
-    g.add_argument("--model", default="default", help="'default', 'tiny', a model directory or a .gguf file")
-    g.add_argument("--prompt", action="append", required=True, help="a user message; repeat for several")
-    g.add_argument("--max-new-tokens", type=int, default=96)
-    g.set_defaults(_handler=_generate)
+    _add_generate_parser(sub)
 
     d = sub.add_parser("data", help="Inspect data files.", description="Inspect data files.")
     dsub = d.add_subparsers(dest="data_command", metavar="<action>", required=True)
     dc = dsub.add_parser("check", help="Validate a data file and list malformed rows with file:line and reason.")
     dc.add_argument("path")
     dc.add_argument("--kind", default="auto", choices=["auto", "demonstration", "preference", "ranking", "unpaired", "prompt"])
+    dc.add_argument("--score-key", default=None, help="rankings of scored objects: the score's field, as data.score_key (e.g. annotations.helpfulness.Rating)")
     dc.set_defaults(_handler=_data_check)
     return parser
 

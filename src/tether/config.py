@@ -85,6 +85,8 @@ class DataConfig:
     max_length: int = opt(512, "Maximum tokens per sequence (prompt + completion).")
     truncation: TruncationName = opt("truncate_prompt", "What to do with over-long examples: cut the prompt's start first, cut the completion's end, or drop the example. Every case is counted and reported.")
     on_error: Literal["raise", "skip"] = opt("raise", "Malformed rows: stop with an error naming file, line and field, or skip them and report which.")
+    score_key: str | None = opt(None, "Rankings given as objects (a reply and its score each): the field holding the score, a dotted path for nested ones, e.g. fine-grained_score or annotations.helpfulness.Rating (UltraFeedback). Unset: score, else overall_score.")
+    ties: Literal["drop", "file_order", "error"] = opt("drop", "Rankings whose scores tie (the ranking losses read a list as a strict order): keep the first reply of each score (a ranking left with one reply is skipped), keep all in file order (the earlier counts as preferred), or stop. Reported either way.")
     pack: bool = opt(False, "Pack several sequences into one row (position ids restart per sequence) so no compute goes to padding.")
 
 
@@ -277,15 +279,33 @@ def apply_overrides(values: dict[str, Any], overrides: list[str], cls: type) -> 
     return values
 
 
+PRESETS_DIR = Path(__file__).parent / "configs"  # YAML presets shipped in the package
+
+
+def presets() -> list[str]:
+    """Names of the packaged presets (``grpo_vader``, ...), each ``configs/<name>.yaml``."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A YAML file that exists, else the packaged preset of that name (``grpo_vader`` or
+    ``grpo_vader.yaml``), so presets work from an installed package and not only from a clone."""
+    given = Path(path)
+    if given.exists():
+        return given
+    name = given.name[: -len(".yaml")] if given.name.endswith(".yaml") else given.name
+    if given.parent == Path(".") and name in presets():
+        return PRESETS_DIR / f"{name}.yaml"
+    raise ConfigError(f"config file not found: {path}; not a file, nor a packaged preset (presets: {', '.join(presets()) or 'none'})")
+
+
 def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
-    """Defaults < YAML file < overrides. Returns an instance of ``cls``."""
+    """Defaults < YAML file (or a packaged preset, by name) < overrides. Returns an instance of ``cls``."""
     values: dict[str, Any] = {}
     if path is not None:
         import yaml
 
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
+        path = resolve_config_path(path)
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         if loaded is None:
             loaded = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from tether.data.errors import DataError
-from tether.data.normalize import Kind, detect_kind, normalize_rows, parse_hh_transcript
+from tether.data.normalize import Kind, accepted_shapes, detect_kind, normalize_rows, parse_hh_transcript
 from tether.data.readers import bundled_path, read_rows
 from tether.data.records import (
     Demonstration,
@@ -28,6 +28,7 @@ def load_records(
     kind: str = "auto",
     on_error: str = "raise",
     split: str = "train",
+    score_key: str | None = None,
 ) -> LoadedRecords:
     """Read and validate a data file: JSON, JSONL, CSV/TSV, Parquet, a directory written by
     ``datasets``' ``save_to_disk`` (``split`` picks from a DatasetDict), or ``bundled:<name>``.
@@ -35,9 +36,10 @@ def load_records(
     ``kind``: "auto" (from the fields of the rows), "demonstration", "preference", "ranking",
     "unpaired" or "prompt" (prompts alone, from any of the others too). ``on_error``: "raise" stops at the first malformed row with a ``DataError``
     naming file, line, field and reason; "skip" leaves such rows out and returns their errors
-    in ``LoadedRecords.skipped``.
+    in ``LoadedRecords.skipped``. ``score_key``: where a ranking's completion objects hold their
+    score, e.g. ``annotations.helpfulness.Rating`` (see ``tether.data.rankings``).
     """
-    return normalize_rows(read_rows(path, split), str(path), kind, on_error)
+    return normalize_rows(read_rows(path, split), str(path), kind, on_error, score_key)
 
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "Ranking",
     "Source",
     "UnpairedExample",
+    "accepted_shapes",
     "bundled_path",
     "detect_kind",
     "load_records",

@@ -15,7 +15,13 @@ from functools import lru_cache
 
 @lru_cache(maxsize=1)
 def _vader():
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    try:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    except ImportError as err:
+        raise ImportError(
+            "the VADER gold judge (reward.source=vader, reward.gold=vader, the grpo_vader/ppo_vader presets) needs the "
+            "vaderSentiment package, a dependency of tether that is missing here: pip install vaderSentiment"
+        ) from err
 
     return SentimentIntensityAnalyzer()
 

@@ -44,10 +44,13 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     stop_at_eos: bool = True  # a row stops after emitting an eos token (see stop_token_ids)
     min_new_tokens: int = 0  # with stop_at_eos: stop tokens cannot be drawn before this many tokens (renormalised, see above)
+    greedy: bool = False  # take the most likely token; log-probs are still under softmax(logits / temperature)
 
     def __post_init__(self):
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
+            raise ValueError(f"temperature must be positive, got {self.temperature} (greedy decoding: greedy=True)")
+        if self.greedy and (self.top_k or self.top_p < 1.0):
+            raise ValueError(f"top_k={self.top_k} / top_p={self.top_p} do nothing with greedy decoding, which always takes the most likely token")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
@@ -189,6 +192,9 @@ class Sampler:
             weights[:, banned] = 0.0
             logits[:, banned] = float("-inf")  # top-k / top-p then choose among the other tokens
         log_normaliser = weights.sum(dim=-1).log_().add_(top[:, 0])  # [B] of the tempered distribution before top-k / top-p
+        if params.greedy:
+            tokens = logits.argmax(dim=-1)  # [B] banned tokens are -inf, so never taken
+            return tokens, logits.gather(-1, tokens[:, None]).squeeze(-1) - log_normaliser
         if params.top_k or params.top_p < 1.0:
             top_k_filter_(logits, params.top_k)
             top_p_filter_(logits, params.top_p)

@@ -159,6 +159,7 @@ def vader_reward() -> FunctionReward:
     """The gold judge of the sentiment task: VADER's compound score (−1 … 1) of the response alone."""
     from tether.feedback.simulated import vader_gold
 
+    vader_gold("")  # a missing package fails here, at set-up, naming the command that installs it
     return FunctionReward(lambda prompt, response: vader_gold(response), name="vader")
 
 

@@ -55,18 +55,21 @@ def prepare_data(tokenizer, cfg: DataConfig, kind: str, seed: int, eval_kind: st
     ``eval_kind``: that of ``cfg.eval_path`` when it differs (a reward model trained on rankings
     and evaluated on pairs), else the same."""
     from tether.data import load_records
+    from tether.data.rankings import resolve_ties
 
     report: list[str] = []
-    loaded = load_records(cfg.path, kind=kind, on_error=cfg.on_error, split=cfg.split)
-    records = list(loaded.records)
+    loaded = load_records(cfg.path, kind=kind, on_error=cfg.on_error, split=cfg.split, score_key=cfg.score_key)
+    records, tie_report = resolve_ties(list(loaded.records), cfg.ties, cfg.path)
+    report += tie_report
     if loaded.skipped:
         report.append(f"{cfg.path}: skipped {len(loaded.skipped)} malformed rows (data.on_error=skip):")
         report += [f"  {err}" for err in loaded.skipped[:10]]
         if len(loaded.skipped) > 10:
             report.append(f"  ... and {len(loaded.skipped) - 10} more")
     if cfg.eval_path:
-        eval_loaded = load_records(cfg.eval_path, kind=eval_kind or kind, on_error=cfg.on_error, split=cfg.split)
-        eval_records = list(eval_loaded.records)
+        eval_loaded = load_records(cfg.eval_path, kind=eval_kind or kind, on_error=cfg.on_error, split=cfg.split, score_key=cfg.score_key)
+        eval_records, tie_report = resolve_ties(list(eval_loaded.records), cfg.ties, cfg.eval_path)
+        report += tie_report
     elif cfg.eval_fraction > 0 and len(records) >= 10:
         order = list(range(len(records)))
         random.Random(seed).shuffle(order)
