@@ -4,7 +4,7 @@ import pytest
 
 from tether.cli import build_parser, main
 from tether.config import PRESETS_DIR, ConfigError, load_config, presets, resolve_config_path
-from tether.trainers.critic_free import GRPOConfig
+from tether.trainers.grpo import GRPOConfig
 from tether.trainers.ppo import PPOConfig
 
 
