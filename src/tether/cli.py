@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
         _add_training_parser(sub, name, command)
     _add_rm_parser(sub)
 
+    # Collecting feedback: `tether sample`, `tether label` (simulated annotators), `tether judge` (AI feedback).
+    from tether.feedback.cli import add_feedback_commands
+
+    add_feedback_commands(sub)
+
     g = sub.add_parser("generate", help="Generate replies from a model for one or more prompts.", description="Generate replies from a model (greedy).")
     g.add_argument("--model", default="default", help="'default', 'tiny', a model directory or a .gguf file")
     g.add_argument("--prompt", action="append", required=True, help="a user message; repeat for several")
