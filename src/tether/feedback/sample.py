@@ -103,6 +103,23 @@ def read_sample_rows(path: str | os.PathLike, *, repair: bool = False) -> list[d
     return rows
 
 
+def load_sample_rows(path: str | os.PathLike) -> list[dict]:
+    """Rows with ``prompt`` and ``completions`` from any file tether reads (a ``tether sample``
+    output, ``bundled:review_candidates``, ...); a row without them is an error naming it."""
+    from tether.data import DataError, read_rows
+
+    rows = []
+    for source, row in read_rows(path):
+        if isinstance(row, DataError):
+            raise row
+        if "prompt" not in row or not isinstance(row.get("completions"), list):
+            raise DataError(source.path, source.line, "completions", "a sample row needs 'prompt' and a list of 'completions'")
+        rows.append(row)
+    if not rows:
+        raise DataError(str(path), None, None, "no sample rows")
+    return rows
+
+
 def _check_existing(path: Path, rows: list[dict], prompts: list, k: int, sampling: dict, fingerprint: str) -> None:
     if len(rows) > len(prompts):
         raise ValueError(f"{path} holds {len(rows)} rows but there are only {len(prompts)} prompts: not a run over these prompts")
@@ -116,6 +133,43 @@ def _check_existing(path: Path, rows: list[dict], prompts: list, k: int, samplin
             raise ValueError(f"{where}: written by a model with fingerprint {row.get('model_fingerprint')}, this model's is {fingerprint}")
         if len(row["completions"]) != k:
             raise ValueError(f"{where}: {len(row['completions'])} completions, this run asks for {k}")
+
+
+def sample_pairs(rows: Sequence[dict], max_pairs_per_prompt: int | None = None, seed: int = 0) -> list[tuple]:
+    """``(prompt, a, b)`` for every two distinct completions of each row (in the order written), or
+    a seeded sample of at most ``max_pairs_per_prompt`` of them per prompt. Repeated texts count once."""
+    import itertools
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for row in rows:
+        pairs = list(itertools.combinations(list(dict.fromkeys(row["completions"])), 2))
+        if max_pairs_per_prompt is not None and len(pairs) > max_pairs_per_prompt:
+            pairs = rng.sample(pairs, max_pairs_per_prompt)
+        out += [(row["prompt"], a, b) for a, b in pairs]
+    return out
+
+
+def prompt_text(value) -> str:
+    """A written prompt as the plain text a judge or gold function reads: the text itself, or the
+    conversation's turns as 'role: content' lines."""
+    if isinstance(value, str):
+        return value
+    if len(value) == 1:
+        return value[0]["content"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in value)
+
+
+def write_jsonl(path: str | os.PathLike, rows: Sequence[dict]) -> None:
+    """Write rows to ``path`` atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
 
 
 class _Progress:
@@ -228,25 +282,17 @@ def run_sample(args) -> int:
     return 0
 
 
-def add_sample_command(sub) -> None:
-    p = sub.add_parser(
-        "sample",
-        help="Sample K completions per prompt to JSONL (candidates for feedback); a rerun resumes.",
-        description="Sample K completions per prompt from a model through the rollout engine, one JSONL row per prompt "
-        "with the sampling settings and a fingerprint of the weights. Rerun the same command to resume a killed run.",
-    )
-    p.add_argument("--model", default="default", help="'default', 'tiny', a model directory or a .gguf file")
-    p.add_argument("--prompts", default="bundled:review_prompts", help="any file tether reads as prompts, or bundled:<name>")
-    p.add_argument("--output", required=True, help="JSONL file to write (appended to and resumed if it exists)")
-    p.add_argument("--k", type=int, default=4, help="completions per prompt")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per engine call (each with K rows)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
-    p.set_defaults(_handler=run_sample)
-
-
-__all__ = ["SampleReport", "SampleSettings", "add_sample_command", "completion_seed", "model_fingerprint", "prompt_messages", "prompt_value", "read_sample_rows", "sample_file"]
+__all__ = [
+    "SampleReport",
+    "SampleSettings",
+    "completion_seed",
+    "load_sample_rows",
+    "model_fingerprint",
+    "prompt_messages",
+    "prompt_text",
+    "prompt_value",
+    "read_sample_rows",
+    "sample_file",
+    "sample_pairs",
+    "write_jsonl",
+]
