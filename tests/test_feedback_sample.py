@@ -119,3 +119,14 @@ def test_cli_sample_writes_and_resumes(tmp_path, capsys):
     assert main(args) == 0
     assert len(_lines(out)) == 5
     assert "3 already there, 2 written now" in capsys.readouterr().out
+
+
+def test_a_sample_file_is_not_read_as_a_ranking_but_gives_its_prompts(tmp_path):
+    from tether.data import DataError, load_records
+
+    model, tok = tiny_model_and_tokenizer()
+    out = tmp_path / "s.jsonl"
+    sample_file(model, tok, PROMPTS[:2], out, k=2, settings=SETTINGS, progress=False)
+    with pytest.raises(DataError, match="unranked candidates"):
+        load_records(out)
+    assert len(load_records(out, kind="prompt").records) == 2

@@ -296,6 +296,9 @@ def _preference(row: _Row) -> PreferencePair:
 
 
 def _ranking(row: _Row) -> Ranking:
+    if row.has("model_fingerprint") and row.has("sampling") and not row.has("scores"):
+        # `tether sample` output: unordered candidates, which read as a ranking would teach noise.
+        raise row.error("completions", "a `tether sample` row holds unranked candidates, not a ranking; label them first (tether label, tether judge, tether annotate)")
     prompt = _prompt(row)
     values = row.require("completions")
     if not isinstance(values, list):
