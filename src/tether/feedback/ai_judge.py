@@ -116,8 +116,9 @@ class AIJudge:
         return torch.cat(out)  # [B, 2]
 
     def __call__(self, prompts: list[str], first: list[str], second: list[str]) -> torch.Tensor:
-        if not (len(prompts) == len(first) == len(second)):
-            raise ValueError(f"a judge needs as many prompts as pairs: {len(prompts)} prompts, {len(first)} first, {len(second)} second")
+        from tether.feedback.judges import _check
+
+        _check(prompts, first, second)
         logits = self.letter_logits([judge_messages(self.constitution, p, a, b) for p, a, b in zip(prompts, first, second)])  # [B, 2]
         return torch.softmax(logits, dim=-1)[:, 0]  # [B] P("A") renormalised over the two letters
 

@@ -134,8 +134,9 @@ class SimulatedAnnotator:
 
     def gaps(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
         """g(first) − g(second) -> [B]."""
-        if not (len(prompts) == len(first) == len(second)):
-            raise ValueError(f"an annotator needs as many prompts as pairs: {len(prompts)} prompts, {len(first)} first, {len(second)} second")
+        from tether.feedback.judges import _check
+
+        _check(prompts, first, second)
         rewards = self.gold.score(list(prompts) * 2, list(first) + list(second))["reward"].double()  # [2B]
         return rewards[: len(first)] - rewards[len(first) :]  # [B]
 
