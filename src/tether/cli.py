@@ -265,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_generate_parser(sub)
 
+    # Collecting feedback: `tether sample`, `tether label` (simulated annotators), `tether judge` (AI feedback).
+    from tether.feedback.cli import add_feedback_commands
+
+    add_feedback_commands(sub)
+
     d = sub.add_parser("data", help="Inspect data files.", description="Inspect data files.")
     dsub = d.add_subparsers(dest="data_command", metavar="<action>", required=True)
     dc = dsub.add_parser("check", help="Validate a data file and list malformed rows with file:line and reason.")

@@ -74,6 +74,9 @@ def _scored_object(row: Row, obj: dict, where: str, prompt, score_key: str | Non
 
 def parse_ranking(row: Row, score_key: str | None = None) -> Ranking:
     """A ``Ranking`` from one row in any of the layouts above, best first."""
+    if row.has("model_fingerprint") and row.has("sampling") and not row.has("scores"):
+        # `tether sample` output: unordered candidates, which read as a ranking would teach noise.
+        raise row.error("completions", "a `tether sample` row holds unranked candidates, not a ranking; label them first (tether label, tether judge, tether annotate)")
     prompt_field = next((name for name in PROMPT_FIELDS if row.has(name)), "prompt")
     prompt = read_prompt(row, prompt_field)
     values = row.require("completions")

@@ -172,9 +172,18 @@ class Sampler:
     per vocabulary entry.
     """
 
-    def __init__(self, params: SamplingParams, generator: torch.Generator | None = None):
+    def __init__(self, params: SamplingParams, generator: torch.Generator | Sequence[torch.Generator] | None = None):
         self.params = params
         self.generator = generator
+
+    def _uniform(self, total: torch.Tensor) -> torch.Tensor:
+        """One uniform number per row -> [B, 1]. With a generator per row, row i's numbers come from
+        its own stream alone, so a row samples the same tokens whatever batch it is put in."""
+        if self.generator is None or isinstance(self.generator, torch.Generator):
+            return torch.rand(total.shape, generator=self.generator, device=total.device)  # [B, 1]
+        if len(self.generator) != total.shape[0]:
+            raise ValueError(f"{len(self.generator)} generators for a batch of {total.shape[0]} rows; give one per row")
+        return torch.cat([torch.rand(1, generator=g, device=g.device) for g in self.generator]).to(total.device)[:, None]  # [B, 1]
 
     def __call__(self, logits: torch.Tensor, banned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """logits [B, V] (overwritten) -> (tokens [B] long, logprobs [B] float32).
@@ -201,7 +210,7 @@ class Sampler:
             weights.masked_fill_(torch.isneginf(logits), 0.0)
         cdf = weights.cumsum_(dim=-1)  # [B, V] non-decreasing, flat over zero-weight tokens
         total = cdf[:, -1:]  # [B, 1]
-        uniform = torch.rand(total.shape, generator=self.generator, device=total.device)  # [B, 1]
+        uniform = self._uniform(total)  # [B, 1]
         # Strictly below the total, so the first entry above it is always a token of positive weight.
         target = torch.minimum(uniform * total, total.nextafter(torch.zeros_like(total)))  # [B, 1]
         tokens = torch.searchsorted(cdf, target, right=True)[:, 0]  # [B]
@@ -288,11 +297,12 @@ def generate(
     tokenizer,
     prompt_ids: list[list[int]],
     params: SamplingParams,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     *,
     path: str | DecodePath = DecodePath.AUTO,
 ) -> Rollout:
-    """Sample one response per prompt. ``generator`` (on the model's device) makes it reproducible.
+    """Sample one response per prompt. ``generator`` (on the model's device) makes it reproducible;
+    a list of one generator per prompt makes each row's draws independent of the others in the batch.
     ``path`` chooses the decoder (see ``DecodePath``); the default picks the fastest that applies."""
     if not prompt_ids:
         raise ValueError("no prompts to generate from")
