@@ -5,7 +5,8 @@
   const $ = (id) => document.getElementById(id);
 
   function fig(f) {
-    if (!f || f.value === null) return "n/a" + (f ? " (n = " + f.n + ")" : "");
+    if (!f) return "n/a";
+    if (f.value === null) return f.n ? "undefined (n = " + f.n + "; too few, or every label alike)" : "n/a (no data yet)";
     const ci = f.low === null ? "" : " [" + f.low.toFixed(2) + ", " + f.high.toFixed(2) + "]";
     return f.value.toFixed(3) + ci + " (n = " + f.n + ")";
   }
@@ -38,7 +39,7 @@
     const bar = el("progress"); bar.max = p.judgements_needed; bar.value = p.judgements;
     $("progress").replaceChildren(bar, el("span", " " + p.judgements + " of " + p.judgements_needed + " judgements; " + p.items_complete + " of " + p.items + " items complete"));
     table($("annotators"), ["annotator", "judgements", "median s / item", "per hour", "left wins [95% CI]"],
-      d.annotators.map((a) => [a.name, a.judgements, a.median_seconds, a.per_hour === null ? null : Math.round(a.per_hour), d.task === "pairwise" ? fig(a.left_wins) : "n/a"]));
+      d.annotators.map((a) => [a.name, a.judgements, a.median_seconds === null ? null : a.median_seconds.toFixed(1), a.per_hour === null ? null : Math.round(a.per_hour), d.task === "pairwise" ? fig(a.left_wins) : "n/a"]));
     const ag = $("agreement");
     ag.replaceChildren();
     if (d.task === "pairwise") {
