@@ -67,6 +67,7 @@ def test_bad_requests_are_refused_and_change_nothing(setup):
         "unknown item": (post(client, tok["ann"], {**good, "item": 999, "idempotency_key": "fresh-key-002"}), 404),
         "malformed JSON": (client.post("/api/judgements", content=b"{item: 1,", headers={**auth(tok["ann"]), "Content-Type": "application/json"}), 400),
         "oversized": (post(client, tok["ann"], {**good, "idempotency_key": "fresh-key-003", "reason": "x" * (MAX_BODY + 1)}), 413),
+        "oversized, chunked (no length)": (client.post("/api/judgements", content=iter([b"{" + b" " * 4096] * 5), headers={**auth(tok["ann"]), "Content-Type": "application/json"}), 413),
         "not JSON content type": (client.post("/api/judgements", content=json.dumps(good), headers={**auth(tok["ann"]), "Content-Type": "text/plain"}), 415),
         "replay, other answer": (post(client, tok["ann"], {**good, "choice": "right"}), 409),
         "again, new key": (post(client, tok["ann"], {**good, "idempotency_key": "fresh-key-004"}), 409),

@@ -78,3 +78,18 @@ def test_selection_over_rankings_averages_pairs():
     assert prio[0] == pytest.approx(0.0) and prio[1] > 0.1
     with pytest.raises(ValueError, match="at least 2 members"):
         priorities(s[:1], "disagreement")
+
+
+def test_batched_statistics_equal_one_at_a_time():
+    """The bootstrap runs Cohen's and Fleiss' kappa over all resamples at once; each batch row
+    must equal the statistic computed alone."""
+    from tether.feedback.annotate.stats import cohen_kappa_codes
+
+    rng = np.random.default_rng(0)
+    pairs = rng.integers(0, 3, (7, 12, 2))  # [B, n, 2]
+    batched = cohen_kappa_codes(pairs, 3)
+    assert batched == pytest.approx([cohen_kappa(list(p[:, 0]), list(p[:, 1])) for p in pairs], nan_ok=True)
+    counts = rng.multinomial(4, [0.5, 0.3, 0.2], size=(7, 9))  # [B, N, C], 4 labels per item
+    assert fleiss_kappa(counts) == pytest.approx([fleiss_kappa(c) for c in counts])
+    units = rng.random(30)
+    assert bootstrap_interval(units, lambda xs: xs.mean(-1), n_boot=200, batched=True) == pytest.approx(bootstrap_interval(list(units), lambda xs: float(np.mean(xs)), n_boot=200))

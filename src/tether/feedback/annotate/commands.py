@@ -183,7 +183,7 @@ def _guarded(handler):
 
 
 def add_annotate_commands(sub) -> None:
-    a = sub.add_parser("annotate", help="Annotation web app: people compare or rank sampled completions.", description=__doc__.splitlines()[0])
+    a = sub.add_parser("annotate", help="Annotation web app: people compare or rank sampled completions.", description="The annotation web app: create a project from a `tether sample` file, add annotators (each gets a private link), serve it, export pairs or rankings for `tether rm train` / `tether dpo`.")
     asub = a.add_subparsers(dest="annotate_command", metavar="<action>", required=True)
 
     c = asub.add_parser("create", help="Create a project from a `tether sample` file.")

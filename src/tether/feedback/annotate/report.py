@@ -16,19 +16,25 @@ from collections import defaultdict
 
 import numpy as np
 
-from tether.feedback.annotate.stats import bootstrap_interval, cohen_kappa, fleiss_kappa, item_agreement, mean_pairwise_tau
+from tether.feedback.annotate.stats import bootstrap_interval, cohen_kappa_codes, fleiss_kappa, item_agreement, mean_pairwise_tau
 
 PAIR_LABELS = ("a", "b", "tie", "both_bad")
 MIN_SHARED = 2  # items two annotators must share for a Cohen's kappa
+MAX_COHEN_ROWS = 30
 
 
 def _num(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), 4)
 
 
-def _figure(units: list, statistic, n_boot: int) -> dict:
-    value = statistic(units) if units else math.nan
-    lo, hi = bootstrap_interval(units, statistic, n_boot=n_boot)
+def _figure(units, statistic, n_boot: int, batched: bool = False) -> dict:
+    """A statistic with its bootstrap interval; ``batched``: ``units`` is an array and
+    ``statistic`` maps [B, n, ...] -> [B]."""
+    if len(units) == 0:
+        value = math.nan
+    else:
+        value = float(statistic(np.asarray(units)[None])[0]) if batched else statistic(units)
+    lo, hi = bootstrap_interval(units, statistic, n_boot=n_boot, batched=batched)
     return {"value": _num(value), "low": _num(lo), "high": _num(hi), "n": len(units)}
 
 
@@ -39,7 +45,7 @@ def _prompt_text(prompt) -> str:
 
 
 def _rate(flags: list[bool], n_boot: int) -> dict:
-    return _figure([float(f) for f in flags], lambda xs: float(np.mean(xs)), n_boot)
+    return _figure(np.array(flags, dtype=float), lambda xs: xs.mean(-1), n_boot, batched=True)
 
 
 def build_report(store, n_boot: int = 500, top_disputed: int = 10) -> dict:
@@ -99,7 +105,7 @@ def _pair_counts(js: list[dict]) -> list[int]:
 
 def _pair_agreement(multi: dict[int, list[dict]], n_boot: int) -> dict:
     counts = [_pair_counts(js) for js in multi.values()]
-    out = {"fleiss_kappa": _figure(counts, lambda cs: fleiss_kappa(np.array(cs)), n_boot), "cohen_kappa": []}
+    out = {"fleiss_kappa": _figure(np.array(counts).reshape(-1, len(PAIR_LABELS)), fleiss_kappa, n_boot, batched=True), "cohen_kappa": []}
     labels: dict[str, dict[int, str]] = defaultdict(dict)
     for item_id, js in multi.items():
         for j in js:
@@ -108,9 +114,11 @@ def _pair_agreement(multi: dict[int, list[dict]], n_boot: int) -> dict:
         shared = sorted(set(labels[a]) & set(labels[b]))
         if len(shared) < MIN_SHARED:
             continue
-        units = [(labels[a][i], labels[b][i]) for i in shared]
-        fig = _figure(units, lambda us: cohen_kappa([u[0] for u in us], [u[1] for u in us]), n_boot)
+        units = np.array([[PAIR_LABELS.index(labels[a][i]), PAIR_LABELS.index(labels[b][i])] for i in shared])  # [n, 2]
+        fig = _figure(units, lambda us: cohen_kappa_codes(us, len(PAIR_LABELS)), n_boot, batched=True)
         out["cohen_kappa"].append({"annotators": [a, b], **fig})
+    out["cohen_pairs"] = len(out["cohen_kappa"])
+    out["cohen_kappa"] = sorted(out["cohen_kappa"], key=lambda c: -c["n"])[:MAX_COHEN_ROWS]  # the pairs sharing most items
     return out
 
 
@@ -141,8 +149,8 @@ def _ranking_agreement(multi: dict[int, list[dict]], n_boot: int) -> dict:
         tops.append([sum(j["ranking"][0] == c for j in js) for c in range(k)])
     same_k = len({len(t) for t in tops}) <= 1
     return {
-        "kendall_tau": _figure(taus, lambda ts: float(np.mean(ts)), n_boot),
-        "fleiss_kappa_top": _figure(tops, lambda cs: fleiss_kappa(np.array(cs)), n_boot) if same_k else None,
+        "kendall_tau": _figure(np.array(taus), lambda ts: ts.mean(-1), n_boot, batched=True),
+        "fleiss_kappa_top": _figure(np.array(tops), fleiss_kappa, n_boot, batched=True) if same_k and tops else None,
     }
 
 

@@ -16,40 +16,50 @@ def cohen_kappa(first: Sequence[Hashable], second: Sequence[Hashable]) -> float:
     from each one's own label frequencies. NaN when p_e = 1 (both always give one same label)."""
     if len(first) != len(second):
         raise ValueError(f"cohen_kappa needs labels for the same items: {len(first)} and {len(second)}")
-    n = len(first)
-    if n == 0:
+    if len(first) == 0:
         return math.nan
-    observed = sum(a == b for a, b in zip(first, second)) / n
-    labels = set(first) | set(second)
-    expected = sum((list(first).count(c) / n) * (list(second).count(c) / n) for c in labels)
-    if expected >= 1.0:
-        return math.nan
-    return (observed - expected) / (1.0 - expected)
+    codes = {label: c for c, label in enumerate(sorted(set(first) | set(second), key=str))}
+    pairs = np.array([[codes[a], codes[b]] for a, b in zip(first, second)])  # [n, 2]
+    return float(cohen_kappa_codes(pairs, len(codes)))
+
+
+def cohen_kappa_codes(pairs: np.ndarray, num_labels: int) -> np.ndarray:
+    """Cohen's kappa from integer label codes ``pairs`` [..., n, 2] (first and second annotator per
+    item) -> [...]; leading axes are batches (e.g. bootstrap resamples). NaN where p_e = 1."""
+    a, b = pairs[..., 0], pairs[..., 1]  # [..., n]
+    observed = (a == b).mean(-1)  # [...]
+    labels = np.arange(num_labels)  # [C]
+    share_a = (a[..., None] == labels).mean(-2)  # [..., C]
+    share_b = (b[..., None] == labels).mean(-2)  # [..., C]
+    expected = (share_a * share_b).sum(-1)  # [...]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(expected >= 1.0, np.nan, (observed - expected) / (1.0 - expected))
 
 
 def item_agreement(counts: np.ndarray) -> np.ndarray:
     """Per item, the share of annotator pairs that agree: (Σ_j n_ij² − n_i) / (n_i (n_i − 1)),
-    for ``counts`` [N, C] (n_ij annotators gave item i label j; every n_i ≥ 2)."""
-    counts = np.asarray(counts, dtype=float)  # [N, C]
-    n = counts.sum(1)  # [N]
+    for ``counts`` [..., N, C] (n_ij annotators gave item i label j; every n_i ≥ 2) -> [..., N]."""
+    counts = np.asarray(counts, dtype=float)  # [..., N, C]
+    n = counts.sum(-1)  # [..., N]
     if (n < 2).any():
         raise ValueError("item_agreement needs at least two labels per item")
-    return ((counts**2).sum(1) - n) / (n * (n - 1))  # [N]
+    return ((counts**2).sum(-1) - n) / (n * (n - 1))  # [..., N]
 
 
-def fleiss_kappa(counts: np.ndarray) -> float:
+def fleiss_kappa(counts: np.ndarray):
     """Fleiss' kappa for ``counts`` [N, C]: (P̄ − P_e) / (1 − P_e), P̄ the mean of
     ``item_agreement`` and P_e = Σ_j p_j², p_j the share of all labels that are j. Items may have
-    different numbers of labels (each ≥ 2); with equal numbers this is Fleiss (1971) exactly."""
-    counts = np.asarray(counts, dtype=float)  # [N, C]
-    if counts.shape[0] == 0:
+    different numbers of labels (each ≥ 2); with equal numbers this is Fleiss (1971) exactly.
+    Leading axes [..., N, C] are batches (bootstrap resamples) and give an array [...]."""
+    counts = np.asarray(counts, dtype=float)  # [..., N, C]
+    if counts.shape[-2] == 0:
         return math.nan
-    p_bar = item_agreement(counts).mean()
-    p_j = counts.sum(0) / counts.sum()  # [C]
-    p_e = float((p_j**2).sum())
-    if p_e >= 1.0:
-        return math.nan
-    return float((p_bar - p_e) / (1.0 - p_e))
+    p_bar = item_agreement(counts).mean(-1)  # [...]
+    p_j = counts.sum(-2) / counts.sum((-2, -1))[..., None]  # [..., C]
+    p_e = (p_j**2).sum(-1)  # [...]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = np.where(p_e >= 1.0, np.nan, (p_bar - p_e) / (1.0 - p_e))
+    return float(kappa) if kappa.ndim == 0 else kappa
 
 
 def kendall_tau(first: Sequence[int], second: Sequence[int]) -> float:
@@ -71,24 +81,24 @@ def mean_pairwise_tau(rankings: Sequence[Sequence[int]]) -> float:
     return float(np.mean([kendall_tau(a, b) for a, b in itertools.combinations(rankings, 2)]))
 
 
-def bootstrap_interval(units: Sequence, statistic: Callable[[list], float], n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(units: Sequence, statistic: Callable, n_boot: int = 1000, level: float = 0.95, seed: int = 0, batched: bool = False) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic(units)``: resample the units with replacement
     ``n_boot`` times and take the (1 ± level)/2 quantiles of the finite results. (NaN, NaN) when
-    there are fewer than two units or no finite resample."""
-    units = list(units)
+    there are fewer than two units or no finite resample. ``batched=True``: ``units`` is an array
+    [n, ...] and ``statistic`` takes all resamples at once, [n_boot, n, ...] -> [n_boot]."""
     if len(units) < 2:
         return (math.nan, math.nan)
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(units), len(units))
-        v = statistic([units[i] for i in idx])
-        if v is not None and math.isfinite(v):
-            values.append(v)
-    if not values:
+    idx = rng.integers(0, len(units), (n_boot, len(units)))  # [n_boot, n]
+    if batched:
+        values = np.asarray(statistic(np.asarray(units)[idx]), dtype=float)  # [n_boot]
+    else:
+        values = np.array([statistic([units[i] for i in row]) for row in idx], dtype=float)  # [n_boot]
+    values = values[np.isfinite(values)]
+    if values.size == 0:
         return (math.nan, math.nan)
     lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
     return (float(lo), float(hi))
 
 
-__all__ = ["bootstrap_interval", "cohen_kappa", "fleiss_kappa", "item_agreement", "kendall_tau", "mean_pairwise_tau"]
+__all__ = ["bootstrap_interval", "cohen_kappa", "cohen_kappa_codes", "fleiss_kappa", "item_agreement", "kendall_tau", "mean_pairwise_tau"]

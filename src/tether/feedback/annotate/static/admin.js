@@ -47,6 +47,7 @@
       const t = el("table");
       table(t, ["Cohen's kappa", "annotators", "shared items"], d.agreement.cohen_kappa.map((c) => [fig(c), c.annotators.join(" & "), c.n]));
       ag.append(t);
+      if (d.agreement.cohen_pairs > d.agreement.cohen_kappa.length) ag.append(el("p", "Showing the " + d.agreement.cohen_kappa.length + " of " + d.agreement.cohen_pairs + " annotator pairs that share the most items.", "help"));
     } else {
       ag.append(line("Kendall's tau, mean over annotator pairs and items", fig(d.agreement.kendall_tau)));
       if (d.agreement.fleiss_kappa_top) ag.append(line("Fleiss' kappa on the reply ranked first", fig(d.agreement.fleiss_kappa_top)));
@@ -66,5 +67,5 @@
   }
 
   if (!tether.token) showError("No access token: open the admin link you were given.");
-  else { refresh(); setInterval(refresh, 5000); }
+  else { refresh(); setInterval(refresh, 10000); }
 })();
