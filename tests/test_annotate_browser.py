@@ -137,6 +137,14 @@ def test_annotate_in_chromium(projects, tmp_path):
             page.keyboard.press("Enter")
             expect(page.locator("#count")).to_have_text("1 saved")
             ranked_first = [shown[2], shown[0], shown[1]]
+            # bob ranks the same item through the API, the other way round; the admin page shows tau
+            view = api(port_r, _bob_r, "/api/next")
+            assert view["item"] == 1
+            api(port_r, _bob_r, "/api/judgements", {"item": 1, "idempotency_key": "bob-rank-0001", "ranking": [view["completions"].index(t) for t in reversed(ranked_first)]})
+            page.goto(f"http://127.0.0.1:{port_r}/admin#token={boss_r}")
+            expect(page.locator("#agreement")).to_contain_text("Kendall's tau")
+            assert "-1.000" in page.inner_text("#agreement")  # exactly reversed
+            shot(page, "admin-ranking", tmp_path)
             assert not errors, errors
             browser.close()
     finally:
@@ -153,5 +161,5 @@ def test_annotate_in_chromium(projects, tmp_path):
     assert all(r["judged_at"] and r["item"] for r in rows) and len(rows) == 4
     out_r = tmp_path / "rankings.jsonl"
     assert main(["annotate", "export", "--project", str(projects["ranking"][0]), "--output", str(out_r)]) == 0
-    (ranking,) = [json.loads(x) for x in out_r.read_text().splitlines()]
-    assert ranking["completions"] == ranked_first and ranking["annotator"] == "ann"
+    by_annotator = {r["annotator"]: r["completions"] for r in map(json.loads, out_r.read_text().splitlines())}
+    assert by_annotator == {"ann": ranked_first, "bob": ranked_first[::-1]}

@@ -119,7 +119,7 @@ def test_display_is_mapped_back_to_the_item(tmp_path):
         assert items[j["item"]]["completions"]["ab".index(j["choice"])] == left_completion
     report = build_report(store, n_boot=50)
     ann = next(a for a in report["annotators"] if a["name"] == "ann")
-    assert ann["left_wins"]["value"] == 1.0 and ann["judgements"] == 40  # always-left: full position bias
+    assert ann["first_shown_wins"]["value"] == 1.0 and ann["judgements"] == 40  # always-left: full position bias
 
 
 def test_ranking_roundtrip_and_export(tmp_path):
@@ -141,6 +141,9 @@ def test_ranking_roundtrip_and_export(tmp_path):
     loaded = load_records(str(tmp_path / "all.jsonl"))
     assert loaded.kind == "ranking" and len(loaded.records) == 3
     report = build_report(store, n_boot=50)
+    # position bias: did the ranking put first the reply shown first? ann/bob/cat each once
+    firsts = [j["ranking"][0] == j["display"][0] for j in store.judgements()]
+    assert [a["first_shown_wins"]["value"] for a in report["annotators"]] == pytest.approx([float(f) for f in firsts])
     # taus: ann-bob 1/3, ann-cat 1/3, bob-cat -1/3 -> mean 1/9
     assert report["agreement"]["kendall_tau"]["value"] == pytest.approx(1 / 9, abs=1e-4)
 

@@ -85,15 +85,17 @@ def _annotator_rows(names: list[str], judgements: list[dict], n_boot: int) -> li
         seconds = [j["submitted_at"] - j["assigned_at"] for j in mine]
         span_h = (max(j["submitted_at"] for j in mine) - min(j["assigned_at"] for j in mine)) / 3600 if mine else 0.0
         # position bias: of the decisive pairwise choices, the share won by the response shown left
+        # (0.5 without bias); of the rankings, the share that put the first-shown reply first (1/K)
         decisive = [j for j in mine if j["choice"] in ("a", "b")]
-        left_won = [("ab".index(j["choice"]) == j["display"][0]) for j in decisive]
+        first_won = [("ab".index(j["choice"]) == j["display"][0]) for j in decisive]
+        first_won += [j["ranking"][0] == j["display"][0] for j in mine if j["ranking"]]
         rows.append(
             {
                 "name": name,
                 "judgements": len(mine),
                 "median_seconds": _num(statistics.median(seconds)) if seconds else None,
                 "per_hour": _num(len(mine) / span_h) if span_h > 0 else None,
-                "left_wins": _rate(left_won, n_boot),
+                "first_shown_wins": _rate(first_won, n_boot),
             }
         )
     return rows

@@ -38,8 +38,8 @@
     $("who").textContent = d.task + ", each item to " + d.overlap + " annotator(s)";
     const bar = el("progress"); bar.max = p.judgements_needed; bar.value = p.judgements;
     $("progress").replaceChildren(bar, el("span", " " + p.judgements + " of " + p.judgements_needed + " judgements; " + p.items_complete + " of " + p.items + " items complete"));
-    table($("annotators"), ["annotator", "judgements", "median s / item", "per hour", "left wins [95% CI]"],
-      d.annotators.map((a) => [a.name, a.judgements, a.median_seconds === null ? null : a.median_seconds.toFixed(1), a.per_hour === null ? null : Math.round(a.per_hour), d.task === "pairwise" ? fig(a.left_wins) : "n/a"]));
+    table($("annotators"), ["annotator", "judgements", "median s / item", "per hour", d.task === "pairwise" ? "left wins [95% CI]" : "first shown ranked best [95% CI]"],
+      d.annotators.map((a) => [a.name, a.judgements, a.median_seconds === null ? null : a.median_seconds.toFixed(1), a.per_hour === null ? null : Math.round(a.per_hour), fig(a.first_shown_wins)]));
     const ag = $("agreement");
     ag.replaceChildren();
     if (d.task === "pairwise") {
