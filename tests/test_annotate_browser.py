@@ -101,10 +101,10 @@ def test_annotate_in_chromium(projects, tmp_path):
                 page.keyboard.press("Enter")
                 expect(page.locator("#count")).to_have_text(f"{step + 1} saved")
             page.wait_for_selector("#done:not([hidden])")
-            # bob judges both items through the API: the same verdicts, so the two agree
+            # bob judges both items through the API: against ann on the film prompt, with her on the other
             for _ in range(2):
                 view = api(port, bob, "/api/next")
-                want = next(c for c, r, _ in chosen_texts if c in view["completions"])
+                want = next(c if XSS not in c + r else r for c, r, _ in chosen_texts if c in view["completions"])
                 side = "left" if view["completions"][0] == want else "right"
                 api(port, bob, "/api/judgements", {"item": view["item"], "idempotency_key": f"bob-{view['item']}-key", "choice": side})
 
@@ -115,7 +115,8 @@ def test_annotate_in_chromium(projects, tmp_path):
             assert "ann\t2" in rows and "bob\t2" in rows
             assert "4 of 4 judgements" in page.inner_text("#progress")
             assert "Fleiss" in page.inner_text("#agreement") and "ann & bob" in page.inner_text("#agreement")
-            assert "more specific" in page.inner_text("#disputed") and XSS in page.inner_text("#disputed")
+            disputed = page.inner_text("#disputed")
+            assert "more specific" in disputed and XSS in disputed and "weather" not in disputed  # only the split item
             assert page.locator("#bold").count() == 0 and page.evaluate("() => window.__pwned") is None
             shot(page, "admin", tmp_path)
 

@@ -129,7 +129,7 @@ def _pair_disputed(multi: dict[int, list[dict]], items: dict[int, dict], top: in
         return []
     ids = list(multi)
     agree = item_agreement(np.array([_pair_counts(multi[i]) for i in ids]))  # [N]
-    order = sorted(range(len(ids)), key=lambda k: (agree[k], ids[k]))[:top]
+    order = sorted((k for k in range(len(ids)) if agree[k] < 1.0), key=lambda k: (agree[k], ids[k]))[:top]  # unanimous items are not disputed
     return [
         {
             "item": ids[k],
@@ -157,7 +157,7 @@ def _ranking_agreement(multi: dict[int, list[dict]], n_boot: int) -> dict:
 
 
 def _ranking_disputed(multi: dict[int, list[dict]], items: dict[int, dict], top: int) -> list[dict]:
-    scored = sorted(((mean_pairwise_tau([j["ranking"] for j in js]), i) for i, js in multi.items()))[:top]
+    scored = sorted((tau, i) for i, js in multi.items() if (tau := mean_pairwise_tau([j["ranking"] for j in js])) < 1.0)[:top]
     return [
         {"item": i, "prompt": _prompt_text(items[i]["prompt"]), "kendall_tau": _num(tau), "rankings": {j["annotator"]: j["ranking"] for j in multi[i]}, "reasons": [j["reason"] for j in multi[i] if j["reason"]]}
         for tau, i in scored

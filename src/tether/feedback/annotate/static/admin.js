@@ -62,6 +62,7 @@
     const rows = d.disputed.map((x) => [x.item, x.prompt, d.task === "pairwise" ? x.agreement : x.kendall_tau,
       d.task === "pairwise" ? Object.entries(x.votes).map(([k, v]) => k + " " + v).join(", ") : Object.entries(x.rankings).map(([k, v]) => k + ": " + v.join(">")).join("; "),
       x.reasons.join(" | ")]);
+    $("no-disputes").hidden = rows.length > 0;
     table($("disputed"), ["item", "prompt", d.task === "pairwise" ? "agreement" : "Kendall's tau", d.task === "pairwise" ? "votes" : "rankings", "reasons"], rows);
     $("status").textContent = "updated " + new Date().toLocaleTimeString();
   }
