@@ -7,19 +7,18 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("httpx")
 
-from starlette.testclient import TestClient  # noqa: E402
+from starlette.testclient import TestClient
 
-from tether.cli import main  # noqa: E402
-from tether.feedback.annotate.app import MAX_BODY, create_app  # noqa: E402
-from tether.feedback.annotate.store import Store  # noqa: E402
+from tether.cli import main
+from tether.feedback.annotate.app import MAX_BODY, create_app
+from tether.feedback.annotate.store import Store
 
 
 @pytest.fixture
 def setup(tmp_path):
     samples = tmp_path / "samples.jsonl"
     with open(samples, "w") as f:
-        for i in range(3):
-            f.write(json.dumps({"prompt": f"Review {i}", "completions": [f"good {i}", f"bad {i}"], "sampling": {}, "model_fingerprint": "x"}) + "\n")
+        f.writelines(json.dumps({"prompt": f"Review {i}", "completions": [f"good {i}", f"bad {i}"], "sampling": {}, "model_fingerprint": "x"}) + "\n" for i in range(3))
     project = tmp_path / "p"
     assert main(["annotate", "create", "--samples", str(samples), "--project", str(project), "--overlap", "2"]) == 0
     store = Store(project)

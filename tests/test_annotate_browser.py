@@ -20,7 +20,7 @@ if not os.path.exists(CHROMIUM):
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs Playwright for Python")
 expect = sync_api.expect
 
-from annotate_server import free_port, start_server  # noqa: E402
+from annotate_server import free_port, start_server
 
 XSS = '<script>window.__pwned = 1</script><b id="bold">not bold</b><img src=x onerror="window.__pwned = 2">'
 
@@ -121,7 +121,7 @@ def test_annotate_in_chromium(projects, tmp_path):
             shot(page, "admin", tmp_path)
 
             # --- ranking: press the numbers best first ------------------------------------------
-            project_r, ann_r, _bob_r, boss_r = projects["ranking"]
+            _project_r, ann_r, _bob_r, boss_r = projects["ranking"]
             port_r = ports["ranking"]
             page.goto(f"http://127.0.0.1:{port_r}/#token={ann_r}")
             page.wait_for_selector("#ranking:not([hidden])")

@@ -20,8 +20,8 @@ import uuid
 from collections import Counter
 
 import numpy as np
-
 from annotate_server import free_port, start_server
+
 from tether.feedback.annotate.store import Store
 
 CLIENTS, ITEMS, OVERLAP = 25, 100, 20  # 2,000 judgements per run

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from tether.feedback.annotate.select import priorities, selection_order
-from tether.feedback.annotate.stats import bootstrap_interval, cohen_kappa, fleiss_kappa, item_agreement, kendall_tau, mean_pairwise_tau
+from tether.feedback.annotate.stats import (
+    bootstrap_interval,
+    cohen_kappa,
+    fleiss_kappa,
+    item_agreement,
+    kendall_tau,
+    mean_pairwise_tau,
+)
 
 # Two annotators on ten items: they agree on items 1-4 (y), 8-10 (n) and differ on 5, 6, 7.
 FIRST = list("yyyyyynnnn")

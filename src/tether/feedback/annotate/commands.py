@@ -6,7 +6,6 @@ inside the handlers, so building the parser stays cheap.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 import itertools

@@ -16,7 +16,13 @@ from collections import defaultdict
 
 import numpy as np
 
-from tether.feedback.annotate.stats import bootstrap_interval, cohen_kappa_codes, fleiss_kappa, item_agreement, mean_pairwise_tau
+from tether.feedback.annotate.stats import (
+    bootstrap_interval,
+    cohen_kappa_codes,
+    fleiss_kappa,
+    item_agreement,
+    mean_pairwise_tau,
+)
 
 PAIR_LABELS = ("a", "b", "tie", "both_bad")
 MIN_SHARED = 2  # items two annotators must share for a Cohen's kappa
