@@ -255,6 +255,13 @@ def _add_eval_parser(sub) -> None:
     add_eval_command(sub)
 
 
+def _add_annotate_parser(sub) -> None:
+    """`tether annotate create | add-annotator | add-admin | serve | export | report` (the web app)."""
+    from tether.feedback.annotate.commands import add_annotate_commands
+
+    add_annotate_commands(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description="Align language models with human preferences.")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
@@ -262,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_training_parser(sub, name, command)
     _add_rm_parser(sub)
     _add_eval_parser(sub)
+    _add_annotate_parser(sub)
 
     _add_generate_parser(sub)
 
