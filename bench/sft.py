@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from harness import report, run_side, scratch_dir  # noqa: E402
+from harness import ROUNDS, print_summary, report, run_rounds, scratch_dir  # noqa: E402
 
 SEED = 0
 LR = 1e-5
@@ -135,7 +134,7 @@ def child(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", choices=["tether", "trl"], help=argparse.SUPPRESS)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps before the timed window")
     parser.add_argument("--batch", type=int, default=8)
@@ -147,23 +146,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.side:
         return child(args)
-    argv = sys.argv[1:]
     print(f"SFT, SmolLM2-135M-Instruct, fp32 CPU, {args.threads} threads, batch {args.batch}, max_length {args.max_length}, "
-          f"{args.warmup} warm-up + {args.steps} timed steps, tether pack={args.pack}, "
+          f"{args.warmup} warm-up + {args.steps} timed steps, {args.rounds} rounds, tether pack={args.pack}, "
           f"TRL packing={args.trl_packing} padding_free={args.trl_padding_free}", flush=True)
-    results: dict[str, list[dict]] = {"tether": [], "trl": []}
     print(f"{'round':>5} {'side':<7} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'peak RSS MB':>12}", flush=True)
-    for r in range(args.rounds):
-        for side in (("tether", "trl") if r % 2 == 0 else ("trl", "tether")):
-            res = run_side(__file__, side, argv, args.threads)
-            results[side].append(res)
-            print(f"{r + 1:>5} {side:<7} {res['tokens']:>7} {res['seconds']:>8.2f} {res['tokens_per_second']:>8.1f} {res['peak_rss_mb']:>12.0f}", flush=True)
-    tps = {s: statistics.median(x["tokens_per_second"] for x in v) for s, v in results.items()}
-    rss = {s: statistics.median(x["peak_rss_mb"] for x in v) for s, v in results.items()}
-    print(f"median tether: {tps['tether']:.1f} tok/s, peak RSS {rss['tether']:.0f} MB")
-    print(f"median TRL   : {tps['trl']:.1f} tok/s, peak RSS {rss['trl']:.0f} MB (attention: {results['trl'][0].get('attn')})")
-    print(f"tokens/s ratio tether/TRL: {tps['tether'] / tps['trl']:.2f}x (target >= 1.3x)")
-    print(f"peak-memory ratio tether/TRL: {rss['tether'] / rss['trl']:.2f}x (target <= 1.0x)")
+
+    def show(r: int, side: str, res: dict) -> None:
+        print(f"{r + 1:>5} {side:<7} {res['tokens']:>7} {res['seconds']:>8.2f} {res['tokens_per_second']:>8.1f} {res['peak_rss_mb']:>12.0f}", flush=True)
+
+    results = run_rounds(__file__, sys.argv[1:], args.rounds, ("tether", "trl"), args.threads, show)
+    print(f"TRL attention: {results['trl'][0].get('attn')}")
+    print_summary(results, "tokens_per_second", "tok/s", digits=1, target="(target >= 1.3x)")
 
 
 if __name__ == "__main__":
