@@ -1,12 +1,20 @@
 """SFT throughput and peak memory: tether vs Hugging Face TRL's SFTTrainer, on CPU in fp32.
 
-    flock /tmp/tether-heavy.lock python bench/sft.py --rounds 2 --steps 12
+    flock /tmp/tether-heavy.lock python bench/sft.py --rounds 3 --steps 12
 
 Same default model (SmolLM2-135M-Instruct, loaded from the same cached safetensors), same bundled
 demonstrations in the same order (tether's seeded step plan; TRL gets those examples laid out in
 that order and reads them sequentially), same batch (8, no accumulation), max length, learning
 rate and AdamW; completion-only loss on both sides; no evaluation, no saving, no logging inside the
-timed window. TRL is set up at its fastest on this CPU: bf16 off, gradient checkpointing off.
+timed window. TRL is set up at its fastest on this CPU: bf16 off, gradient checkpointing off; it
+pads each batch to its longest example. tether runs its default layout, packed rows
+(``data.pack=true``; ``--layout padded`` times padded rows).
+
+What the step costs (bench/sft_profile.py): about three quarters of a tether step is the decoder's
+matrix products, running near this CPU's fp32 matmul speed, so tokens per second follow the FLOPs
+per token. TRL's extra work is the LM head at every position of its padded batch (tether runs it
+only at the completion tokens) and the padding itself; on the bundled demonstrations (82 tokens
+median) that is 15-30% more FLOPs per step than tether's packed rows, which bounds what the ratio can show here.
 
 Each side runs in its own subprocess (so its peak RSS is its own), one at a time, alternating
 within a round and swapping who goes first each round. The timed window is the same on both
@@ -69,7 +77,7 @@ def run_tether(args) -> dict:
         f"train.output_dir={out}", f"train.max_steps={args.warmup + args.steps}", f"train.batch_size={args.batch}",
         f"train.micro_batch_size={args.batch}", "train.save_every=0", "train.progress=false", f"train.threads={args.threads}",
         f"train.lr={LR}", f"train.seed={SEED}", "data.eval_fraction=0",
-        f"data.max_length={args.max_length}", f"data.pack={str(args.pack).lower()}",
+        f"data.max_length={args.max_length}", f"data.pack={str(args.layout == 'packed').lower()}",
     ])
     examples, _ = _data(args.max_length)
     model, tokenizer = load_trainable_model(cfg.model, cfg.lora, cfg.train.seed)
@@ -140,14 +148,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--pack", action="store_true", help="tether side: pack sequences (its padding-free path)")
+    parser.add_argument("--layout", choices=["packed", "padded"], default="packed", help="tether side: row layout (packed is its SFT default)")
     parser.add_argument("--trl-packing", action="store_true", help="TRL side: packing=True")
     parser.add_argument("--trl-padding-free", action="store_true", help="TRL side: padding_free=True")
     args = parser.parse_args()
     if args.side:
         return child(args)
     print(f"SFT, SmolLM2-135M-Instruct, fp32 CPU, {args.threads} threads, batch {args.batch}, max_length {args.max_length}, "
-          f"{args.warmup} warm-up + {args.steps} timed steps, {args.rounds} rounds, tether pack={args.pack}, "
+          f"{args.warmup} warm-up + {args.steps} timed steps, {args.rounds} rounds, tether layout {args.layout}, "
           f"TRL packing={args.trl_packing} padding_free={args.trl_padding_free}", flush=True)
     print(f"{'round':>5} {'side':<7} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'peak RSS MB':>12}", flush=True)
 

@@ -63,23 +63,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3, help="distinct timed steps (after one warm-up step per layout)")
     parser.add_argument("--rounds", type=int, default=3, help="times each step runs in each layout")
+    parser.add_argument("--model", default="default", help="'tiny' for a smoke run of the script")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--layouts", nargs="+", default=["padded", "packed"])
-    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--layouts", nargs="+", default=["padded", "packed", "packed_wide"], choices=["padded", "packed", "packed_wide"])
+    parser.add_argument("--profile-layouts", nargs="*", default=["padded"], help="layouts to run one step of under torch.profiler (none: skip)")
     args = parser.parse_args()
 
     import torch
 
     from tether.config import DataConfig, TrainConfig
-    from tether.data.batches import collate
+    from tether.data.batches import collate, pack_batch
     from tether.models import forward_token_logprobs, load_model
     from tether.trainers.common import StepPlan, build_optimizer
     from tether.trainers.prepare import prepare_data
 
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_model("default")
+    model, tokenizer = load_model(args.model)
     model.train()
     examples = prepare_data(tokenizer, DataConfig(path="bundled:demonstrations", eval_fraction=0.0, max_length=args.max_length), "demonstration", 0).train
     plan = StepPlan(len(examples), args.batch, 1.0, args.steps + 1, 0)
@@ -90,8 +91,12 @@ def main() -> None:
     lengths = [e.num_tokens for e in examples]
     print(f"demonstrations: {len(examples)}, tokens per example median {statistics.median(lengths):.0f}, max {max(lengths)}")
 
-    def one_step(step_examples, pack: bool):
-        batch = collate([e.sequences for e in step_examples], tokenizer.pad_token_id, pack, args.max_length)
+    def one_step(step_examples, layout: str):
+        if layout == "packed_wide":  # rows of up to max_length tokens (collate's packing caps rows at the longest sequence)
+            seqs = [seq for e in step_examples for seq in e.sequences]
+            batch = pack_batch([ids for ids, _ in seqs], [p for _, p in seqs], tokenizer.pad_token_id, args.max_length)
+        else:
+            batch = collate([e.sequences for e in step_examples], tokenizer.pad_token_id, layout == "packed", args.max_length)
         logprobs = forward_token_logprobs(model, batch)  # [R, T]
         loss = -(logprobs * batch.loss_mask).sum() / batch.num_loss_tokens
         loss.backward()
@@ -101,7 +106,7 @@ def main() -> None:
         return batch
 
     for layout in args.layouts:  # warm-up: allocator, optimizer state, kernels
-        one_step(steps[0], layout == "packed")
+        one_step(steps[0], layout)
     # The machine is shared: every round runs each timed step in every layout back to back, the
     # layout order swapping each round, so a slow spell falls on all of them; min and median per step.
     seconds: dict[tuple[str, int], list[float]] = {}
@@ -109,10 +114,10 @@ def main() -> None:
     for r, layout in alternate(args.rounds, args.layouts):
         for s in range(1, args.steps + 1):
             start = time.perf_counter()
-            batch = one_step(steps[s], layout == "packed")
+            batch = one_step(steps[s], layout)
             seconds.setdefault((layout, s), []).append(time.perf_counter() - start)
             shapes[(layout, s)] = batch
-    print(f"\n{'layout':<7} {'step':>4} {'rows x width':>13} {'real':>5} {'real %':>6} {'GFLOP':>6} {'min s':>6} {'med s':>6} "
+    print(f"\n{'layout':<11} {'step':>4} {'rows x width':>13} {'real':>5} {'real %':>6} {'GFLOP':>6} {'min s':>6} {'med s':>6} "
           f"{'tok/s (min s)':>13} {'GFLOP/s (min s)':>15} {'TRL GFLOP':>9}")
     for layout in args.layouts:
         for s in range(1, args.steps + 1):
@@ -122,10 +127,10 @@ def main() -> None:
             # TRL pads the same way but runs the LM head at every position of the tensor.
             trl = parts["linear"] + parts["attention"] + 6.0 * cfg.hidden_size * cfg.vocab_size * batch.input_ids.numel()
             low, mid = min(seconds[(layout, s)]), statistics.median(seconds[(layout, s)])
-            print(f"{layout:<7} {s:>4} {str(tuple(batch.input_ids.shape)):>13} {batch.num_real_tokens:>5} "
+            print(f"{layout:<11} {s:>4} {str(tuple(batch.input_ids.shape)):>13} {batch.num_real_tokens:>5} "
                   f"{batch.num_real_tokens / batch.input_ids.numel():>6.0%} {total / 1e9:>6.0f} {low:>6.2f} {mid:>6.2f} "
                   f"{batch.num_real_tokens / low:>13.0f} {total / low / 1e9:>15.1f} {trl / 1e9:>9.0f}")
-        print(f"{layout:<7} parts of the last step: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP" for k, v in parts.items()))
+        print(f"{layout:<11} parts of the last step: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP" for k, v in parts.items()))
 
     shapes = {layout: tuple(shapes[(layout, args.steps)].input_ids.shape) for layout in args.layouts}
     h, inter = cfg.hidden_size, cfg.intermediate_size
@@ -137,13 +142,11 @@ def main() -> None:
         head_dim = h // cfg.num_attention_heads
         print(f"  attention scores, {layout} [{width}, {head_dim}] @ [{head_dim}, {width}]: {matmul_gflops(width, head_dim, width):.1f}")
 
-    if args.no_profile:
-        return
     from torch.profiler import ProfilerActivity, profile
 
-    for layout in args.layouts:
+    for layout in args.profile_layouts:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            one_step(steps[1], layout == "packed")
+            one_step(steps[1], layout)
         print(f"\n=== profile of one {layout} step, grouped by operator (top 15 by self CPU time) ===")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
 
