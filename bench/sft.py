@@ -14,7 +14,7 @@ What the step costs (bench/sft_profile.py): about three quarters of a tether ste
 matrix products, running near this CPU's fp32 matmul speed, so tokens per second follow the FLOPs
 per token. TRL's extra work is the LM head at every position of its padded batch (tether runs it
 only at the completion tokens) and the padding itself; on the bundled demonstrations (82 tokens
-median) that is 15-30% more FLOPs per step than tether's packed rows, which bounds what the ratio can show here.
+median) that is 12-30% more FLOPs per step than tether's packed rows, which bounds what the ratio can show here.
 
 Each side runs in its own subprocess (so its peak RSS is its own), one at a time, alternating
 within a round and swapping who goes first each round. The timed window is the same on both

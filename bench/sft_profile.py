@@ -118,18 +118,19 @@ def main() -> None:
             seconds.setdefault((layout, s), []).append(time.perf_counter() - start)
             shapes[(layout, s)] = batch
     print(f"\n{'layout':<11} {'step':>4} {'rows x width':>13} {'real':>5} {'real %':>6} {'GFLOP':>6} {'min s':>6} {'med s':>6} "
-          f"{'tok/s (min s)':>13} {'GFLOP/s (min s)':>15} {'TRL GFLOP':>9}")
+          f"{'tok/s (min s)':>13} {'GFLOP/s (min s)':>15} {'TRL GFLOP (padded)':>9}")
     for layout in args.layouts:
         for s in range(1, args.steps + 1):
             batch = shapes[(layout, s)]
             parts = step_flops(cfg, batch)
             total = sum(parts.values())
-            # TRL pads the same way but runs the LM head at every position of the tensor.
+            # TRL pads as the padded layout does but runs the LM head at every position of the tensor.
             trl = parts["linear"] + parts["attention"] + 6.0 * cfg.hidden_size * cfg.vocab_size * batch.input_ids.numel()
+            trl_text = f"{trl / 1e9:>9.0f}" if layout == "padded" else f"{'-':>9}"
             low, mid = min(seconds[(layout, s)]), statistics.median(seconds[(layout, s)])
             print(f"{layout:<11} {s:>4} {str(tuple(batch.input_ids.shape)):>13} {batch.num_real_tokens:>5} "
                   f"{batch.num_real_tokens / batch.input_ids.numel():>6.0%} {total / 1e9:>6.0f} {low:>6.2f} {mid:>6.2f} "
-                  f"{batch.num_real_tokens / low:>13.0f} {total / low / 1e9:>15.1f} {trl / 1e9:>9.0f}")
+                  f"{batch.num_real_tokens / low:>13.0f} {total / low / 1e9:>15.1f} {trl_text}")
         print(f"{layout:<11} parts of the last step: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP" for k, v in parts.items()))
 
     shapes = {layout: tuple(shapes[(layout, args.steps)].input_ids.shape) for layout in args.layouts}
