@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from harness import report, run_side, scratch_dir  # noqa: E402
+from harness import ROUNDS, print_summary, report, run_rounds, run_side, scratch_dir  # noqa: E402
 
 SEED = 0
 LR = 5e-6
@@ -199,6 +198,8 @@ def _rate(res: dict) -> float:
 
 def child(args) -> None:
     result = {"tether": run_tether, "trl": run_trl, "variants": run_variants}[args.side](args)
+    if args.side != "variants":
+        result["rate"] = _rate(result)
     report(result)
 
 
@@ -212,7 +213,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", choices=["tether", "trl", "variants"], help=argparse.SUPPRESS)
     parser.add_argument("--model", default="default", help="'default' or a Hugging Face model directory (a smoke test may pass a tiny one)")
-    parser.add_argument("--rounds", type=int, default=2, help="tether/TRL rounds (0: only the per-variant table)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="tether/TRL rounds (0: only the per-variant table)")
     parser.add_argument("--steps", type=int, default=2, help="timed optimizer steps per run (one full run stays near 10 minutes on 2 cores)")
     parser.add_argument("--warmup", type=int, default=1, help="optimizer steps before the timed window")
     parser.add_argument("--batch", type=int, default=8, help="pairs per optimizer step")
@@ -229,22 +230,15 @@ def main() -> None:
     print(f"DPO, SmolLM2-135M-Instruct full fine-tune, fp32 CPU, {args.threads} threads, batch {args.batch} pairs, "
           f"max_length {args.max_length}, {args.warmup} warm-up + {args.steps} timed steps, reference log-probs precomputed "
           f"on both sides, tether layout {args.layout}, TRL padding_free={args.trl_padding_free}", flush=True)
-    results: dict[str, list[dict]] = {"tether": [], "trl": []}
     print(f"{'round':>5} {'side':<7} {'ref pass s':>10} {'steps s':>8} {'pairs/s':>8} {'peak RSS MB':>12}", flush=True)
-    for r in range(args.rounds):
-        for side in (("tether", "trl") if r % 2 == 0 else ("trl", "tether")):
-            res = run_side(__file__, side, _child_argv(args), args.threads)
-            res["rate"] = _rate(res)
-            results[side].append(res)
-            print(f"{r + 1:>5} {side:<7} {res['ref_seconds']:>10.2f} {res['seconds']:>8.2f} {res['rate']:>8.3f} {res['peak_rss_mb']:>12.0f}", flush=True)
+
+    def show(r: int, side: str, res: dict) -> None:
+        print(f"{r + 1:>5} {side:<7} {res['ref_seconds']:>10.2f} {res['seconds']:>8.2f} {res['rate']:>8.3f} {res['peak_rss_mb']:>12.0f}", flush=True)
+
     if args.rounds:  # --rounds 0: only the per-variant table
-        rate = {s: statistics.median(x["rate"] for x in v) for s, v in results.items()}
-        rss = {s: statistics.median(x["peak_rss_mb"] for x in v) for s, v in results.items()}
-        speed, memory = rate["tether"] / rate["trl"], rss["tether"] / rss["trl"]
-        print(f"median tether: {rate['tether']:.3f} pairs/s, peak RSS {rss['tether']:.0f} MB")
-        print(f"median TRL   : {rate['trl']:.3f} pairs/s, peak RSS {rss['trl']:.0f} MB (attention: {results['trl'][0].get('attn')})")
-        print(f"pairs/s ratio tether/TRL: {speed:.2f}x (target >= 1.5x: {'met' if speed >= 1.5 else 'NOT met'})")
-        print(f"peak-memory ratio tether/TRL: {memory:.2f}x (target <= 0.65x: {'met' if memory <= 0.65 else 'NOT met'})", flush=True)
+        results = run_rounds(__file__, _child_argv(args), args.rounds, ("tether", "trl"), args.threads, show)
+        print(f"TRL attention: {results['trl'][0].get('attn')}")
+        print_summary(results, "rate", "pairs/s", digits=3, target="(target >= 1.5x; peak memory target <= 0.65x)")
     if args.no_variants:
         return
     variants = run_side(__file__, "variants", _child_argv(argparse.Namespace(**{**vars(args), "steps": args.variant_steps, "batch": args.variant_batch})), args.threads)

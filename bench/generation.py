@@ -1,4 +1,5 @@
-"""Sampling speed: tether's rollout engine vs Hugging Face ``model.generate``, ms per decode step.
+"""Sampling speed: tether's rollout engine vs Hugging Face ``model.generate``: ms per decode step
+and seconds per whole call.
 
     flock /tmp/tether-heavy.lock .venv/bin/python bench/generation.py --rounds 3 --new-tokens 64
 
@@ -6,22 +7,32 @@ Same default model (SmolLM2-135M-Instruct, fp32, CPU), same left-padded chat pro
 bundled review prompts, sampling on (temperature 1, no top-k / top-p), both forced to run the
 full length (tether: ``stop_at_eos=False``; transformers: ``min_new_tokens = max_new_tokens``).
 
-ms per decode step excludes the prefill: each side is timed generating ``--new-tokens`` N tokens
-and generating 1 token (prefill + one sample), and the step time is ``(t_N - t_1) / (N - 1)``.
-Sides alternate within a round (the first one swaps each round); the table shows medians over
-rounds. ``time_generation`` is the reusable piece (bench/online.py builds on it).
+Both sides run in this one process, on one loaded model, one call at a time (nothing else of the
+benchmark runs beside a call), after one untimed warm-up call per side and batch. Two figures per
+side, both wall-clock around the call (``time.perf_counter``):
+
+* end to end: one whole call generating ``--new-tokens`` N tokens per prompt, from the token ids
+  of the prompts to the sampled ids: set-up (padding, masks, caches; tether's compiled decode
+  path if it picks one), the prefill and N decode steps, ``t_N``;
+* ms per decode step, without the prefill and set-up: the same call generating 1 token (set-up,
+  prefill, one sample) is timed too, and the step time is ``(t_N - t_1) / (N - 1)``.
+
+Sides alternate within a round (the first one swaps each round); each side's minimum, median and
+maximum over the rounds are printed beside the ratio of medians (peer time / tether time).
+``time_generation`` is the reusable piece.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+from harness import ROUNDS, alternate, print_summary  # noqa: E402
 
 SIDES = ("tether", "hf")
 
@@ -74,22 +85,25 @@ def time_generation(model, tokenizer, prompt_ids: list[list[int]], new_tokens: i
     return seconds
 
 
-def ms_per_step(model, tokenizer, prompt_ids, new_tokens: int, side: str, seed: int = 0, **kw) -> float:
-    """Decode-step time without the prefill: (t_N - t_1) / (N - 1), in milliseconds."""
+def decode_timing(model, tokenizer, prompt_ids, new_tokens: int, side: str, seed: int = 0, **kw) -> dict[str, float]:
+    """``{"ms_per_step": (t_N - t_1) / (N - 1) in ms, "call_s": t_N}``: the decode step without the
+    prefill, and one whole call of N tokens (set-up, prefill, decode)."""
     full = time_generation(model, tokenizer, prompt_ids, new_tokens, side, seed, **kw)
     one = time_generation(model, tokenizer, prompt_ids, 1, side, seed, **kw)
-    return 1000.0 * (full - one) / (new_tokens - 1)
+    return {"ms_per_step": 1000.0 * (full - one) / (new_tokens - 1), "call_s": full}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
     parser.add_argument("--path", default="auto", help="tether decode path: auto, hf, llama_static")
     args = parser.parse_args()
+    if args.new_tokens < 2:
+        parser.error("--new-tokens must be at least 2 (the step time is (t_N - t_1) / (N - 1))")
 
     import torch
 
@@ -98,27 +112,23 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model("default")
     model.eval()
-    results: dict[tuple[int, str], list[float]] = {}
+    results: dict[int, dict[str, list[dict]]] = {}
     for batch in args.batches:
         prompt_ids = bench_prompts(tokenizer, batch)
+        results[batch] = {side: [] for side in args.sides}
         for side in args.sides:  # warm-up: allocator, kernels, lazy imports
             time_generation(model, tokenizer, prompt_ids, 4, side, **({"path": args.path} if side == "tether" else {}))
-        for r in range(args.rounds):
-            order = args.sides if r % 2 == 0 else args.sides[::-1]
-            for side in order:
-                kw = {"path": args.path} if side == "tether" else {}
-                ms = ms_per_step(model, tokenizer, prompt_ids, args.new_tokens, side, seed=r, **kw)
-                results.setdefault((batch, side), []).append(ms)
-                print(f"batch {batch:3d} round {r} {side:7s} {ms:7.1f} ms/step", flush=True)
+        for r, side in alternate(args.rounds, args.sides):
+            kw = {"path": args.path} if side == "tether" else {}
+            res = decode_timing(model, tokenizer, prompt_ids, args.new_tokens, side, seed=r, **kw)
+            results[batch][side].append(res)
+            print(f"batch {batch:3d} round {r + 1} {side:7s} {res['ms_per_step']:7.1f} ms/step {res['call_s']:7.2f} s/call", flush=True)
 
-    print(f"\nms per decode step, median of {args.rounds} rounds ({args.new_tokens} new tokens, {args.threads} threads, fp32 CPU)")
-    print(f"{'batch':>5} " + " ".join(f"{s:>9}" for s in args.sides) + ("   hf/tether" if len(args.sides) == 2 else ""))
+    ratio = ("hf", "tether") if len(args.sides) == 2 else ("", "")
     for batch in args.batches:
-        medians = {s: statistics.median(results[(batch, s)]) for s in args.sides}
-        line = f"{batch:5d} " + " ".join(f"{medians[s]:9.1f}" for s in args.sides)
-        if len(args.sides) == 2:
-            line += f"   {medians['hf'] / medians['tether']:9.2f}x"
-        print(line)
+        print(f"\nbatch {batch}, {args.new_tokens} new tokens, {args.threads} threads, fp32 CPU, {args.rounds} rounds:")
+        print_summary(results[batch], "ms_per_step", "ms per decode step", ratio, digits=1, memory=False)
+        print_summary(results[batch], "call_s", "s per whole call", ratio, digits=2, memory=False)
 
 
 if __name__ == "__main__":

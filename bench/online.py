@@ -1,6 +1,6 @@
 """Online RL throughput: tether's GRPO trainer vs Hugging Face TRL's GRPOTrainer, CPU fp32.
 
-    flock /tmp/tether-heavy.lock .venv/bin/python bench/online.py --rounds 2 --warmup 1 --steps 3
+    flock /tmp/tether-heavy.lock .venv/bin/python bench/online.py --rounds 3 --warmup 1 --steps 3
 
 Both sides train the default model (SmolLM2-135M-Instruct, loaded with
 ``tether.models.load_model("default")``, all weights trained, no LoRA) on the bundled review
@@ -58,7 +58,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from harness import report, run_side, scratch_dir  # noqa: E402
+from harness import ROUNDS, print_summary, report, run_rounds, scratch_dir  # noqa: E402
 
 SEED = 0
 LR = 1e-6
@@ -202,7 +202,7 @@ def child(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=1, help="optimizer steps before the timed window")
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step")
@@ -222,25 +222,18 @@ def main() -> None:
     name = "SmolLM2-135M-Instruct" if args.model == "default" else args.model
     print(f"GRPO, {name}, fp32 CPU, {args.threads} threads, {args.prompts} prompts x {args.group} completions "
           f"x {args.new_tokens} tokens per step, beta {args.beta}, {args.warmup} warm-up + {args.steps} timed steps", flush=True)
-    results: dict[str, list[dict]] = {s: [] for s in sides}
     print(f"{'round':>5} {'side':<7} {'samples':>7} {'seconds':>8} {'samples/s':>9} {'peak RSS MB':>12}  split s/step", flush=True)
-    for r in range(args.rounds):
-        for side in (sides if r % 2 == 0 else sides[::-1]):
-            res = run_side(__file__, side, argv, args.threads)
-            results[side].append(res)
-            split = " ".join(f"{k} {v:.2f}" for k, v in res.get("split", {}).items())
-            print(f"{r + 1:>5} {side:<7} {res['samples']:>7} {res['seconds']:>8.2f} {res['samples_per_second']:>9.2f} {res['peak_rss_mb']:>12.0f}  {split}", flush=True)
-    sps = {s: statistics.median(x["samples_per_second"] for x in v) for s, v in results.items()}
-    rss = {s: statistics.median(x["peak_rss_mb"] for x in v) for s, v in results.items()}
+
+    def show(r: int, side: str, res: dict) -> None:
+        split = " ".join(f"{k} {v:.2f}" for k, v in res.get("split", {}).items())
+        print(f"{r + 1:>5} {side:<7} {res['samples']:>7} {res['seconds']:>8.2f} {res['samples_per_second']:>9.2f} {res['peak_rss_mb']:>12.0f}  {split}", flush=True)
+
+    results = run_rounds(__file__, argv, args.rounds, sides, args.threads, show)
     for s in sides:
-        extra = ""
         if results[s][0].get("split"):
             keys = results[s][0]["split"]
-            extra = ", per step: " + ", ".join(f"{k} {statistics.median(x['split'][k] for x in results[s]):.2f} s" for k in keys)
-        print(f"median {s:<6}: {sps[s]:.2f} samples/s, peak RSS {rss[s]:.0f} MB{extra}")
-    if len(sides) == 2:
-        print(f"samples/s ratio tether/TRL: {sps['tether'] / sps['trl']:.2f}x")
-        print(f"peak-memory ratio tether/TRL: {rss['tether'] / rss['trl']:.2f}x")
+            print(f"{s} per step (median s): " + ", ".join(f"{k} {statistics.median(x['split'][k] for x in results[s]):.2f}" for k in keys))
+    print_summary(results, "samples_per_second", "samples/s")
 
 
 if __name__ == "__main__":

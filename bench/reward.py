@@ -1,21 +1,23 @@
 """Reward-model training throughput and peak memory: tether vs Hugging Face TRL's RewardTrainer.
 
-    flock /tmp/tether-heavy.lock python bench/reward.py --rounds 2 --steps 6 --warmup 2
+    flock /tmp/tether-heavy.lock python bench/reward.py --rounds 3 --steps 6 --warmup 2
 
 Same default model (SmolLM2-135M-Instruct), same bundled pairs tokenized once by tether's chat
-template (TRL gets the very same token ids as ``chosen_ids``/``rejected_ids``), same batch of
-pairs, fp32 on CPU, no gradient checkpointing, no evaluation, logging off, same centring
-coefficient. Each side runs in its own subprocess (so peak RSS is its own); the sides alternate
-and swap order every round. Throughput is pairs per second over the steps after ``--warmup``;
-the figures are medians over rounds. tether runs its default layout (each pair's prompt computed
-once, rows packed); ``--layout packed|padded`` measures the alternatives.
+template (TRL gets the very same token ids as ``chosen_ids``/``rejected_ids``), in the same order:
+TRL's data set is the stream of pairs tether's seeded step plan draws, step by step, read
+sequentially (``train_sampling_strategy="sequential"``), so step k trains on the same pairs on both
+sides. Same batch of pairs, fp32 on CPU, no gradient checkpointing, no evaluation, logging off,
+same centring coefficient. Each side runs in its own subprocess (so peak RSS is its own); the
+sides alternate and swap order every round. Throughput is pairs per second over the steps after
+``--warmup``; each side's minimum, median and maximum over the rounds are printed beside the
+ratio of medians. tether runs its default layout (each pair's prompt computed once, rows packed);
+``--layout packed|padded`` measures the alternatives.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,7 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from harness import report, run_side, scratch_dir  # noqa: E402
+from harness import ROUNDS, print_summary, report, run_rounds, scratch_dir  # noqa: E402
+
+SEED = 0
 
 # tether's row layouts (rm.share_prompt, data.pack): the default shares each pair's prompt; the others are for ablation.
 LAYOUTS = {
@@ -46,7 +50,15 @@ def _examples(max_length: int, model: str = "default"):
     from tether.trainers.prepare import prepare_data
 
     tokenizer = AutoTokenizer.from_pretrained(_model_dir(model), local_files_only=True)  # not the model: it would count in TRL's RSS
-    return prepare_data(tokenizer, DataConfig(path="bundled:preferences", eval_fraction=0.0, max_length=max_length), "preference", 0).train
+    return prepare_data(tokenizer, DataConfig(path="bundled:preferences", eval_fraction=0.0, max_length=max_length), "preference", SEED).train
+
+
+def _step_order(num_examples: int, args) -> list[int]:
+    """Example indices in the order tether's fit trains on them, step after step."""
+    from tether.trainers.common import StepPlan
+
+    plan = StepPlan(num_examples, args.batch, 1.0, args.warmup + args.steps, SEED)
+    return [i for s in range(args.warmup + args.steps) for i in plan.indices(s)]
 
 
 def run_tether(args) -> dict:
@@ -57,7 +69,7 @@ def run_tether(args) -> dict:
     cfg = load_config(RMConfig, None, [
         f"model.name_or_path={_model_dir(args.model)}", f"train.output_dir={out}", f"train.max_steps={args.warmup + args.steps}", f"train.batch_size={args.batch}",
         f"train.micro_batch_size={args.batch}", "train.save_every=0", "train.progress=false", f"train.threads={args.threads}",
-        "data.eval_fraction=0", f"data.max_length={args.max_length}", "rm.centering_coef=0.01", *LAYOUTS[args.layout],
+        f"train.seed={SEED}", "data.eval_fraction=0", f"data.max_length={args.max_length}", "rm.centering_coef=0.01", *LAYOUTS[args.layout],
     ])
     import contextlib
     import io
@@ -77,7 +89,9 @@ def run_trl(args) -> dict:
 
     torch.set_num_threads(args.threads)
     examples = _examples(args.max_length, args.model)
-    dataset = Dataset.from_dict({"chosen_ids": [e.sequences[0][0] for e in examples], "rejected_ids": [e.sequences[1][0] for e in examples]})
+    order = _step_order(len(examples), args)  # tether's pairs, in tether's order
+    dataset = Dataset.from_dict({"chosen_ids": [examples[i].sequences[0][0] for i in order],
+                                 "rejected_ids": [examples[i].sequences[1][0] for i in order]})
     path = _model_dir(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tokenizer.pad_token is None:
@@ -95,9 +109,12 @@ def run_trl(args) -> dict:
         output_dir=scratch_dir(prefix="bench-rm-trl-"), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
         max_steps=args.warmup + args.steps, learning_rate=1e-5, bf16=False, fp16=False, gradient_checkpointing=False,
         logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True, max_length=args.max_length,
-        center_rewards_coefficient=0.01, disable_tqdm=True, dataloader_num_workers=0, seed=0,
+        center_rewards_coefficient=0.01, disable_tqdm=True, dataloader_num_workers=0, seed=SEED,
+        train_sampling_strategy="sequential",
     )
     trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[Clock()])
+    if len(trainer.train_dataset) != len(order):
+        raise RuntimeError(f"TRL dropped {len(order) - len(trainer.train_dataset)} pairs over max_length; the sides would not train on the same pairs")
     trainer.train()
     seconds = stamps[-1] - stamps[args.warmup - 1]
     return {"pairs_per_second": args.steps * args.batch / seconds}
@@ -109,10 +126,10 @@ def child(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--side", choices=["tether", "trl"])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--side", choices=["tether", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--model", default="default", help="'default' or a Hugging Face model directory (a small one for a smoke test)")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
@@ -122,17 +139,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.side:
         return child(args)
-    results: dict[str, list[dict]] = {"tether": [], "trl": []}
-    for r in range(args.rounds):
-        for side in (("tether", "trl") if r % 2 == 0 else ("trl", "tether")):
-            results[side].append(run_side(__file__, side, sys.argv[1:], args.threads))
-            print(f"round {r + 1} {side}: {results[side][-1]}", flush=True)
-    med = {s: statistics.median(x["pairs_per_second"] for x in v) for s, v in results.items()}
-    rss = {s: max(x["peak_rss_mb"] for x in v) for s, v in results.items()}
-    runs = {s: ", ".join(f"{x['pairs_per_second']:.2f}" for x in v) for s, v in results.items()}
-    print(f"tether ({args.layout}): {med['tether']:.2f} pairs/s (runs: {runs['tether']}), peak RSS {rss['tether']:.0f} MB")
-    print(f"TRL RewardTrainer: {med['trl']:.2f} pairs/s (runs: {runs['trl']}), peak RSS {rss['trl']:.0f} MB")
-    print(f"throughput ratio tether/TRL: {med['tether'] / med['trl']:.2f}x (target >= 1.5x)")
+    print(f"reward model, {args.model}, fp32 CPU, {args.threads} threads, batch {args.batch} pairs, max_length {args.max_length}, "
+          f"{args.warmup} warm-up + {args.steps} timed steps, {args.rounds} rounds, tether layout {args.layout}", flush=True)
+    print(f"{'round':>5} {'side':<7} {'pairs/s':>8} {'peak RSS MB':>12}", flush=True)
+
+    def show(r: int, side: str, res: dict) -> None:
+        print(f"{r + 1:>5} {side:<7} {res['pairs_per_second']:>8.3f} {res['peak_rss_mb']:>12.0f}", flush=True)
+
+    results = run_rounds(__file__, sys.argv[1:], args.rounds, ("tether", "trl"), args.threads, show)
+    print_summary(results, "pairs_per_second", "pairs/s", digits=3, target="(target >= 1.5x)")
 
 
 if __name__ == "__main__":

@@ -58,3 +58,19 @@ def test_collate_is_example_major():
     assert b.num_sequences == 4
     assert b.input_ids[:, 0].tolist() == [1, 1, 7, 7]
     assert b.input_ids[1, :4].tolist() == [1, 2, 4, 5]  # rejected of the first pair at index 1
+
+
+def test_collate_packs_at_the_width_with_fewer_positions():
+    """collate(pack=True) builds rows at the longest sequence's width and at row_tokens and keeps the
+    one with fewer row positions (balanced_rows by hand):
+
+    * lengths 5, 5, 4, 4, row_tokens 16: at width 5 every sequence is a row of its own, 4 x 5 = 20
+      positions; at 16, two rows (5 + 4 each), 2 x 9 = 18: the wide rows win.
+    * lengths 7, 6, 6, row_tokens 12: at width 7 the 7 is alone and the two 6s share ceil(12 / 7) = 2
+      rows, 3 x 7 = 21; at 12, rows [7] and [6, 6], 2 x 12 = 24: the narrow rows win.
+    """
+    def seqs(lengths):
+        return [[(list(range(1, n + 1)), 1)] for n in lengths]
+
+    assert tuple(collate(seqs([5, 5, 4, 4]), pad_id=0, pack=True, row_tokens=16).input_ids.shape) == (2, 9)
+    assert tuple(collate(seqs([7, 6, 6]), pad_id=0, pack=True, row_tokens=12).input_ids.shape) == (3, 7)

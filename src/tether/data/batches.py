@@ -148,8 +148,11 @@ def collate(groups: Sequence[Sequence[tuple[Sequence[int], int]]], pad_id: int, 
     ids = [s for s, _ in flat]
     plens = [p for _, p in flat]
     if pack:
-        # Rows no wider than the longest sequence: packed attention runs over a dense [T, T] mask per
-        # row, so wider rows cost more attention than the padded layout for the same tokens, while
-        # balanced rows of the longest length already leave little padding.
-        return pack_batch(ids, plens, pad_id, min(row_tokens, max(len(s) for s in ids)))
+        # Two row widths: the longest sequence's (about one sequence a row, little attention: a packed
+        # row attends over a dense [T, T] mask) and row_tokens (several a row). The decoder's linear
+        # layers run over every row position and are most of a step's time (bench/sft_profile.py),
+        # so take the layout with fewer positions. On short sequences the narrow rows overshoot
+        # (balanced_rows may add one more sequence) and fill worse than padding.
+        widths = sorted({min(row_tokens, max(len(s) for s in ids)), row_tokens})
+        return min((pack_batch(ids, plens, pad_id, w) for w in widths), key=lambda b: b.input_ids.numel())
     return pad_batch(ids, plens, pad_id)
