@@ -133,12 +133,20 @@ def _add_rm_parser(sub) -> None:
     add_rm_commands(sub, _add_training_parser, TrainingCommand)
 
 
+def _add_pm_parser(sub) -> None:
+    """`tether pm train | eval`: pairwise preference models."""
+    from tether.trainers.pm import add_pm_commands
+
+    add_pm_commands(sub, _add_training_parser, TrainingCommand)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description="Align language models with human preferences.")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name, command in TRAINING_COMMANDS.items():
         _add_training_parser(sub, name, command)
     _add_rm_parser(sub)
+    _add_pm_parser(sub)
 
     g = sub.add_parser("generate", help="Generate replies from a model for one or more prompts.", description="Generate replies from a model (greedy).")
     g.add_argument("--model", default="default", help="'default', 'tiny', a model directory or a .gguf file")
