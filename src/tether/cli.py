@@ -57,6 +57,14 @@ TRAINING_COMMANDS: dict[str, TrainingCommand] = {
     ),
 }
 
+# Nash-MD: a separate entry so the online trainers' table above stays as it is.
+TRAINING_COMMANDS["nash"] = TrainingCommand(
+    "tether.trainers.nash:NashConfig",
+    "tether.trainers.nash:run_nash",
+    "Nash-MD: play the policy against its geometric mixture with the reference under a pairwise judge (preference model or reward).",
+    {"--reward": "reward.source", "--judge": "nash.judge", "--max-steps": "train.steps"},
+)
+
 
 def _load(ref: str):
     module, name = ref.split(":")

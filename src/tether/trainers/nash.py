@@ -1,0 +1,190 @@
+"""Nash-MD (``tether nash``): Nash learning from pairwise preferences (Munos et al. 2023).
+
+Each step, for a batch of prompts:
+
+    y  ~ π            (the policy, through the rollout engine; scored by reward.source for the logs)
+    y′ ~ π_mix        (the token-level geometric mixture π^(1−β)·π_ref^β, ``nash.mixture_coef`` β;
+                       ``tether.rollout.mixture``)
+    P  = judge(x, y, y′)                         P(y ≻ y′) from any pairwise judge
+    loss = Nash-MD policy gradient               ``tether.losses.nash.nash_md_loss``, τ = kl.coef
+
+The judge (``nash.judge``) is a saved pairwise preference model directory (``tether pm train``), or
+``reward``: the reward source ``reward.source`` compared pairwise (``RewardJudge``: hard verdicts
+by default, 1 / 0 / ½, or σ((r − r′)/T) with ``nash.judge_temperature`` T > 0), which is how
+VADER judges the sentiment task. Logged each step: ``win/mixture`` (mean P(y ≻ y′)), with
+``nash.vs_reference`` also ``win/reference`` (against a fresh reply of the reference), ``kl/ref``
+(per reply, ``kl.estimator``), the reward of y, the loss and the times. After training, the
+held-out prompts (``data.eval_prompts`` × ``data.eval_samples``) give the policy's win-rate
+against the reference (= the starting policy) under the judge, with a 95% bootstrap interval,
+written to ``summary.json`` as ``held_out/win_rate_vs_reference`` (``_low``/``_high``).
+
+Checkpoints, resume, the time budget and the before/after held-out reward come from the online
+trainers' machinery (``tether.trainers.online_run``). One update per step (the ratio is 1), so
+``train.epochs`` must be 1 and ``train.minibatch_size`` 0.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from tether.config import opt
+from tether.trainers.online import KLConfig, OnlineSections, OnlineTrainConfig
+
+
+@dataclass
+class NashSection:
+    judge: str = opt("reward", "Pairwise judge of (y, y'): 'reward' (reward.source compared pairwise) or the directory of a saved preference model (tether pm train).")
+    judge_temperature: float = opt(0.0, "judge=reward: 0 gives hard verdicts (1 / 0 / 0.5 on a tie); T > 0 gives sigmoid((r - r') / T).")
+    mixture_coef: float = opt(0.125, "beta of the geometric mixture pi^(1-beta) * pi_ref^beta that the policy plays against (0: self-play against pi).")
+    vs_reference: bool = opt(True, "Also sample a reply from the reference each step and log the policy's win-rate against it (win/reference).")
+    eval_bootstrap: int = opt(1000, "Bootstrap resamples for the held-out win-rate interval.")
+
+
+@dataclass
+class NashConfig(OnlineSections):
+    """Nash-MD: play against the geometric mixture of policy and reference under a pairwise judge."""
+
+    kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.05))
+    train: OnlineTrainConfig = field(default_factory=lambda: OnlineTrainConfig(output_dir="runs/nash", prompts_per_step=8, samples_per_prompt=1, lr=1e-5))
+    nash: NashSection = field(default_factory=NashSection)
+
+
+def build_judge(cfg: NashConfig, source):
+    """The PairJudge ``nash.judge`` names (``source``: the run's reward source, for judge=reward)."""
+    from pathlib import Path
+
+    from tether.feedback.judges import RewardJudge
+    from tether.models.preference import PreferenceJudge, is_preference_model_dir
+
+    if cfg.nash.judge == "reward":
+        return RewardJudge(source, temperature=cfg.nash.judge_temperature)
+    if Path(cfg.nash.judge).expanduser().is_dir() and is_preference_model_dir(Path(cfg.nash.judge).expanduser()):
+        if cfg.nash.judge_temperature:
+            raise ValueError("nash.judge_temperature applies to judge=reward only; a preference model gives probabilities itself")
+        return PreferenceJudge(str(Path(cfg.nash.judge).expanduser()))
+    raise ValueError(f"nash.judge={cfg.nash.judge!r}: expected 'reward' or the directory of a saved preference model (tether pm train)")
+
+
+def bootstrap_interval(values: torch.Tensor, resamples: int, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` [N]."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, values.numel(), (resamples, values.numel()), generator=gen)  # [R, N]
+    means = values.double()[idx].mean(1)  # [R]
+    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
+    return lo, hi
+
+
+def held_out_win_rate(run, cfg: NashConfig, judge) -> dict[str, float]:
+    """Policy vs reference on the held-out prompts: mean P(policy reply ≻ reference reply) and its interval."""
+    from tether.rollout.mixture import sample_reference
+    from tether.trainers.online import prompt_text, sample_responses
+
+    prompts, n = run.eval_prompts, cfg.data.eval_samples
+    if not prompts or n <= 0:
+        return {}
+    gen_seed = cfg.data.split_seed * 7 + 1
+    frozen = run.reference.frozen
+    ours = sample_responses(run.policy, run.tokenizer, prompts, n, run.params, torch.Generator().manual_seed(gen_seed))
+    theirs = sample_reference(run.policy, run.tokenizer, prompts, n, run.params, torch.Generator().manual_seed(gen_seed + 1), frozen)
+    texts = [prompt_text(p) for p in prompts for _ in range(n)]
+    win = judge(texts, ours.texts, theirs.texts).float()  # [E]
+    lo, hi = bootstrap_interval(win, cfg.nash.eval_bootstrap, cfg.train.seed)
+    return {"held_out/win_rate_vs_reference": float(win.mean()), "held_out/win_rate_vs_reference_low": lo, "held_out/win_rate_vs_reference_high": hi, "held_out/win_rate_n": float(win.numel())}
+
+
+def run_nash(cfg: NashConfig, reward_source=None, gold_source=None, judge=None) -> dict:
+    """The Nash-MD loop; saves ``<output_dir>/model`` and returns the summary rows. ``judge``
+    (a PairJudge) overrides ``nash.judge``."""
+    import json
+    from pathlib import Path
+
+    from tether.losses.nash import nash_md_loss
+    from tether.rl.kl import kl_estimate
+    from tether.rollout.mixture import sample_mixture, sample_reference
+    from tether.trainers.common import ensure_finite
+    from tether.trainers.online import (
+        Reference,
+        Timer,
+        build_optimizer,
+        build_scheduler,
+        make_kl_controller,
+        prompt_text,
+        response_hidden,
+        response_logprobs,
+        rollout_metrics,
+        step_generator,
+    )
+    from tether.trainers.online_run import StepState, collect, optimizer_step, start_run
+
+    started = time.time()
+    t = cfg.train
+    if t.epochs != 1 or t.minibatch_size != 0:
+        raise ValueError("tether nash takes one update per step: train.epochs must be 1 and train.minibatch_size 0")
+    if not 0.0 <= cfg.nash.mixture_coef <= 1.0:
+        raise ValueError(f"nash.mixture_coef must lie in [0, 1], got {cfg.nash.mixture_coef}")
+    run = start_run(cfg, reward_source, gold_source)
+    if run.reference is None:  # kl.coef = 0: no KL term, but the mixture and the win-rates still need the reference
+        run.reference = Reference(cfg.kl.reference, run.policy, cfg.lora.enabled)
+    judge = judge if judge is not None else build_judge(cfg, run.source)
+    frozen = run.reference.frozen
+    params = [q for q in run.policy.parameters() if q.requires_grad]
+    optimizer = build_optimizer([{"params": params}], t)
+    scheduler = build_scheduler(optimizer, t.steps, t)
+    kl_ctl = make_kl_controller(cfg.kl)
+    state = StepState(run, cfg, run.policy, optimizer, scheduler, kl_ctl, "nash", started)
+    temperature, chunk, group = cfg.sampling.temperature, cfg.model.chunk_size, t.samples_per_prompt
+    run.policy.train()
+    for step in range(state.start_step, t.steps):
+        timer = Timer()
+        got = collect(run, cfg, step, timer)  # y ~ π, scored by reward.source (logged as reward/*)
+        texts = [prompt_text(p) for p in got.prompts for _ in range(group)]
+        with timer("generate_mixture"):
+            mix = sample_mixture(run.policy, run.tokenizer, got.prompts, group, run.params, step_generator(t.seed + 7919, step), cfg.nash.mixture_coef, frozen)
+        with timer("judge"):
+            win = judge(texts, got.rollout.texts, mix.texts).float()  # [B] P(y ≻ y′)
+        metrics: dict[str, float] = {}
+        if cfg.nash.vs_reference:
+            with timer("generate_reference"):
+                ref_rollout = sample_reference(run.policy, run.tokenizer, got.prompts, group, run.params, step_generator(t.seed + 104729, step), frozen)
+            with timer("judge"):
+                metrics["win/reference"] = float(judge(texts, got.rollout.texts, ref_rollout.texts).float().mean())
+        mask = got.batch.mask  # [B, Tr]
+        with timer("reference"):
+            ref_lp = run.reference.logprobs(run.policy, got.batch, temperature, chunk)  # [B, Tr]
+        kl = torch.where(mask, kl_estimate(cfg.kl.estimator, got.rollout.logprobs.float(), ref_lp), torch.zeros(()))  # [B, Tr]
+        with timer("update"):
+            logprobs, entropy = response_logprobs(run.policy, response_hidden(run.policy, got.batch), got.batch, temperature, chunk, entropy=True)  # [B, Tr]
+            losses, lm = nash_md_loss(logprobs, ref_lp, win, mask, kl_coef=kl_ctl.value)  # [B]
+            loss = losses.mean()
+            ensure_finite(loss.detach(), step + 1)
+            metrics["grad_norm"] = optimizer_step(loss, params, optimizer, t.max_grad_norm)
+            metrics["lr"] = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+        metrics.update(rollout_metrics(got.rollout, got.scores, kl, got.gold))
+        metrics.update(got.extras)
+        metrics.update(timer.metrics())
+        metrics.update({
+            "win/mixture": float(lm["win_rate"]),
+            "loss/total": float(loss.detach()),
+            "nash/advantage": float(lm["advantage"]),
+            "policy/entropy": float((entropy * mask).sum() / mask.sum().clamp(min=1)),
+            "kl/coef": kl_ctl.value,
+            "mixture/length": float(mix.response_mask.sum(1).float().mean()),
+        })
+        if state.end_step(step, metrics, len(got.rollout.texts)):
+            break
+    rows = state.finish()
+    extra = held_out_win_rate(run, cfg, judge)
+    if extra:
+        print(f"held-out win-rate against the reference: {extra['held_out/win_rate_vs_reference']:.3f} "
+              f"(95% bootstrap {extra['held_out/win_rate_vs_reference_low']:.3f}-{extra['held_out/win_rate_vs_reference_high']:.3f}, n={int(extra['held_out/win_rate_n'])})")
+        rows.update(extra)
+        summary = Path(t.output_dir) / "summary.json"
+        summary.write_text(json.dumps(rows, indent=2, default=str))
+    return rows
+
+
+__all__ = ["NashConfig", "NashSection", "bootstrap_interval", "build_judge", "held_out_win_rate", "run_nash"]
