@@ -52,55 +52,9 @@ class NashConfig(OnlineSections):
     nash: NashSection = field(default_factory=NashSection)
 
 
-def build_judge(cfg: NashConfig, source):
-    """The PairJudge ``nash.judge`` names (``source``: the run's reward source, for judge=reward)."""
-    from pathlib import Path
-
-    from tether.feedback.judges import RewardJudge
-    from tether.models.preference import PreferenceJudge, is_preference_model_dir
-
-    if cfg.nash.judge == "reward":
-        return RewardJudge(source, temperature=cfg.nash.judge_temperature)
-    if Path(cfg.nash.judge).expanduser().is_dir() and is_preference_model_dir(Path(cfg.nash.judge).expanduser()):
-        if cfg.nash.judge_temperature:
-            raise ValueError("nash.judge_temperature applies to judge=reward only; a preference model gives probabilities itself")
-        return PreferenceJudge(str(Path(cfg.nash.judge).expanduser()))
-    raise ValueError(f"nash.judge={cfg.nash.judge!r}: expected 'reward' or the directory of a saved preference model (tether pm train)")
-
-
-def bootstrap_interval(values: torch.Tensor, resamples: int, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` [N]."""
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, values.numel(), (resamples, values.numel()), generator=gen)  # [R, N]
-    means = values.double()[idx].mean(1)  # [R]
-    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
-    return lo, hi
-
-
-def held_out_win_rate(run, cfg: NashConfig, judge) -> dict[str, float]:
-    """Policy vs reference on the held-out prompts: mean P(policy reply ≻ reference reply) and its interval."""
-    from tether.rollout.mixture import sample_reference
-    from tether.trainers.online import prompt_text, sample_responses
-
-    prompts, n = run.eval_prompts, cfg.data.eval_samples
-    if not prompts or n <= 0:
-        return {}
-    gen_seed = cfg.data.split_seed * 7 + 1
-    frozen = run.reference.frozen
-    ours = sample_responses(run.policy, run.tokenizer, prompts, n, run.params, torch.Generator().manual_seed(gen_seed))
-    theirs = sample_reference(run.policy, run.tokenizer, prompts, n, run.params, torch.Generator().manual_seed(gen_seed + 1), frozen)
-    texts = [prompt_text(p) for p in prompts for _ in range(n)]
-    win = judge(texts, ours.texts, theirs.texts).float()  # [E]
-    lo, hi = bootstrap_interval(win, cfg.nash.eval_bootstrap, cfg.train.seed)
-    return {"held_out/win_rate_vs_reference": float(win.mean()), "held_out/win_rate_vs_reference_low": lo, "held_out/win_rate_vs_reference_high": hi, "held_out/win_rate_n": float(win.numel())}
-
-
 def run_nash(cfg: NashConfig, reward_source=None, gold_source=None, judge=None) -> dict:
     """The Nash-MD loop; saves ``<output_dir>/model`` and returns the summary rows. ``judge``
     (a PairJudge) overrides ``nash.judge``."""
-    import json
-    from pathlib import Path
-
     from tether.losses.nash import nash_md_loss
     from tether.rl.kl import kl_estimate
     from tether.rollout.mixture import sample_mixture, sample_reference
@@ -117,6 +71,7 @@ def run_nash(cfg: NashConfig, reward_source=None, gold_source=None, judge=None) 
         rollout_metrics,
         step_generator,
     )
+    from tether.trainers.judging import build_judge, finish_with_win_rate
     from tether.trainers.online_run import StepState, collect, optimizer_step, start_run
 
     started = time.time()
@@ -128,7 +83,7 @@ def run_nash(cfg: NashConfig, reward_source=None, gold_source=None, judge=None) 
     run = start_run(cfg, reward_source, gold_source)
     if run.reference is None:  # kl.coef = 0: no KL term, but the mixture and the win-rates still need the reference
         run.reference = Reference(cfg.kl.reference, run.policy, cfg.lora.enabled)
-    judge = judge if judge is not None else build_judge(cfg, run.source)
+    judge = judge if judge is not None else build_judge(cfg.nash.judge, cfg.nash.judge_temperature, run.source, "nash.judge")
     frozen = run.reference.frozen
     params = [q for q in run.policy.parameters() if q.requires_grad]
     optimizer = build_optimizer([{"params": params}], t)
@@ -176,15 +131,7 @@ def run_nash(cfg: NashConfig, reward_source=None, gold_source=None, judge=None) 
         })
         if state.end_step(step, metrics, len(got.rollout.texts)):
             break
-    rows = state.finish()
-    extra = held_out_win_rate(run, cfg, judge)
-    if extra:
-        print(f"held-out win-rate against the reference: {extra['held_out/win_rate_vs_reference']:.3f} "
-              f"(95% bootstrap {extra['held_out/win_rate_vs_reference_low']:.3f}-{extra['held_out/win_rate_vs_reference_high']:.3f}, n={int(extra['held_out/win_rate_n'])})")
-        rows.update(extra)
-        summary = Path(t.output_dir) / "summary.json"
-        summary.write_text(json.dumps(rows, indent=2, default=str))
-    return rows
+    return finish_with_win_rate(state, run, cfg, judge, cfg.nash.eval_bootstrap)
 
 
-__all__ = ["NashConfig", "NashSection", "bootstrap_interval", "build_judge", "held_out_win_rate", "run_nash"]
+__all__ = ["NashConfig", "NashSection", "run_nash"]
