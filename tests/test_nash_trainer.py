@@ -89,3 +89,20 @@ def test_cli_nash_with_a_saved_preference_model_as_judge(tmp_path):
     logged = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert len(logged) == 2 and all(0.0 <= r["win/mixture"] <= 1.0 for r in logged)
     assert "held_out/win_rate_vs_reference" in json.loads((out / "summary.json").read_text())
+
+
+def test_nash_md_with_a_gold_judge_beats_the_reference(tmp_path):
+    """Judged pairwise by the lowercase-fraction reward (hard verdicts), 20 Nash-MD steps raise the
+    reward of the samples (last 5 steps over the first 5 by > 0.2; a random tiny model starts
+    near 0.1), the logged win-rate against the reference's replies exceeds 0.7 over the last 5
+    steps, and on held-out prompts the policy beats the reference more often than not."""
+    from tether.feedback.judges import RewardJudge
+    from tether.trainers.nash import run_nash
+
+    cfg = _cfg(tmp_path, "learn", steps=20, kl={"coef": 0.02}, data={"eval_prompts": 4, "eval_samples": 4}, train={"prompts_per_step": 8, "lr": 1e-2, "save_every": 0})
+    rows = run_nash(cfg, reward_source=LowercaseReward(), judge=RewardJudge(LowercaseReward()))
+    logged = [json.loads(line) for line in open(tmp_path / "learn" / "metrics.jsonl")]
+    rewards = [r["reward/mean"] for r in logged]
+    assert sum(rewards[-5:]) / 5 - sum(rewards[:5]) / 5 > 0.2, rewards
+    assert sum(r["win/reference"] for r in logged[-5:]) / 5 > 0.7
+    assert rows["held_out/win_rate_vs_reference"] > 0.6
