@@ -107,7 +107,8 @@ def _train_cfg(data, out, steps, **extra):
 def test_trained_on_transitive_data_agrees_with_bradley_terry_order(tmp_path):
     """Trained on pairs whose winner is the higher Bradley–Terry score, the model's P(a≻b) on
     held-out prompts orders every pair as the true scores do (σ(θ_a − θ_b) > 1/2 iff θ_a > θ_b)
-    in at least 90% of the 15 pairs × 4 prompts, is symmetric, and reloads with identical outputs."""
+    in at least 90% of the 30 ordered pairs × 4 prompts, each word's mean win probability rises
+    with its true score, the model is symmetric, and reloads with identical outputs."""
     from tether.models.preference import PreferenceJudge, PreferenceModel
     from tether.trainers.pm import run_pm_train
 
@@ -123,6 +124,10 @@ def test_trained_on_transitive_data_agrees_with_bradley_terry_order(tmp_path):
     prob = PreferenceJudge(pm)(prompts, first, second)  # [120]
     agree = ((prob > 0.5) == torch.tensor(truth)).float().mean()
     assert agree >= 0.9, f"agreement with the Bradley-Terry order {agree:.2f}"
+    # Borda score of word i: its mean P of beating the others; it must rise with the true score.
+    first_word = torch.tensor([WORDS.index(f.split()[-1].rstrip(".")) for f in first])  # [120]
+    borda = torch.stack([prob[first_word == i].mean() for i in range(len(WORDS))])  # [6]
+    assert bool((borda[1:] > borda[:-1]).all()), borda
     swapped = pm.prob(prompts, second, first)
     torch.testing.assert_close(prob + swapped, torch.ones_like(prob), atol=1e-6, rtol=0)
     again = PreferenceModel.from_pretrained(tmp_path / "run" / "model").prob(prompts, first, second)
