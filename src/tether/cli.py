@@ -34,7 +34,7 @@ TRAINING_COMMANDS: dict[str, TrainingCommand] = {
     "dpo": TrainingCommand(
         "tether.config:DPOConfig",
         "tether.trainers.dpo:run_dpo",
-        "Offline preference optimisation: DPO, IPO, hinge, SimPO, ORPO, RPO, KTO, listwise DPO.",
+        "Offline preference optimisation: DPO, IPO, hinge, SimPO, ORPO, RPO, KTO, listwise DPO. With --online (or dpo.online=true): online DPO, see `tether online-dpo --help`.",
         {"--loss": "dpo.loss", "--beta": "dpo.beta", "--reference": "dpo.reference"},
     ),
     "ppo": TrainingCommand(
@@ -56,6 +56,31 @@ TRAINING_COMMANDS: dict[str, TrainingCommand] = {
         {"--reward": "reward.source"},
     ),
 }
+
+# Nash-MD: a separate entry so the online trainers' table above stays as it is.
+TRAINING_COMMANDS["nash"] = TrainingCommand(
+    "tether.trainers.nash:NashConfig",
+    "tether.trainers.nash:run_nash",
+    "Nash-MD: play the policy against its geometric mixture with the reference under a pairwise judge (preference model or reward).",
+    {"--reward": "reward.source", "--judge": "nash.judge", "--max-steps": "train.max_steps"},
+)
+
+# Online DPO: sample pairs from the policy, label them with a judge, DPO-family step. `tether dpo
+# --online` (or dpo.online=true) is rewritten to this command in main().
+TRAINING_COMMANDS["online-dpo"] = TrainingCommand(
+    "tether.trainers.online_dpo:OnlineDPOConfig",
+    "tether.trainers.online_dpo:run_online_dpo",
+    "Online DPO: two replies per prompt from the current policy, labelled by a judge (reward pairwise or a preference model), one DPO-family step.",
+    {"--loss": "dpo.loss", "--beta": "dpo.beta", "--reward": "reward.source", "--labeller": "online.labeller", "--max-steps": "train.max_steps"},
+)
+ONLINE_DPO_MARKERS = ("--online", "dpo.online=true")
+
+
+def _route_online_dpo(argv: list[str]) -> list[str]:
+    """``tether dpo --online ...`` (or ``dpo.online=true``) -> ``tether online-dpo ...``."""
+    if argv[:1] == ["dpo"] and any(a in ONLINE_DPO_MARKERS for a in argv[1:]):
+        return ["online-dpo"] + [a for a in argv[1:] if a not in ONLINE_DPO_MARKERS]
+    return argv
 
 
 def _load(ref: str):
@@ -262,12 +287,20 @@ def _add_annotate_parser(sub) -> None:
     add_annotate_commands(sub)
 
 
+def _add_pm_parser(sub) -> None:
+    """`tether pm train | eval`: pairwise preference models."""
+    from tether.trainers.pm import add_pm_commands
+
+    add_pm_commands(sub, _add_training_parser, TrainingCommand)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description="Align language models with human preferences.")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name, command in TRAINING_COMMANDS.items():
         _add_training_parser(sub, name, command)
     _add_rm_parser(sub)
+    _add_pm_parser(sub)
     _add_eval_parser(sub)
     _add_annotate_parser(sub)
 
@@ -290,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_route_online_dpo(list(sys.argv[1:] if argv is None else argv)))
     from tether.config import ConfigError
 
     try:
