@@ -287,11 +287,26 @@ def _add_annotate_parser(sub) -> None:
     add_annotate_commands(sub)
 
 
-def _add_pm_parser(sub) -> None:
-    """`tether pm train | eval`: pairwise preference models."""
-    from tether.trainers.pm import add_pm_commands
+def _pm_eval(args) -> int:
+    from tether.trainers.pm import run_pm_eval
 
-    add_pm_commands(sub, _add_training_parser, TrainingCommand)
+    run_pm_eval(args.model, args.data, args.batch_size, args.output)
+    return 0
+
+
+def _add_pm_parser(sub) -> None:
+    """``tether pm train | eval``: pairwise preference models (sub-commands, as ``tether rm``)."""
+    pm = sub.add_parser("pm", help="Pairwise preference models: train, evaluate.", description="Pairwise preference models P(a beats b | prompt): train, evaluate.")
+    actions = pm.add_subparsers(dest="pm_command", metavar="<action>", required=True)
+    _add_training_parser(
+        actions, "train", TrainingCommand("tether.trainers.pm:PMConfig", "tether.trainers.pm:run_pm_train", "Train a pairwise preference model on preference pairs or rankings.")
+    )
+    e = actions.add_parser("eval", help="Held-out accuracy and calibration (ECE) of P(winner beats loser).")
+    e.add_argument("--model", required=True, help="a directory written by `tether pm train` (<output>/model)")
+    e.add_argument("--data", default="bundled:preferences", help="preference pairs or rankings")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--output", default=None, help="also write the metrics as JSON here")
+    e.set_defaults(_handler=_pm_eval)
 
 
 def build_parser() -> argparse.ArgumentParser:

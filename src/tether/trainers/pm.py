@@ -201,26 +201,4 @@ def run_pm_eval(model_dir: str, data_path: str = "bundled:preferences", batch_si
     return report
 
 
-def _eval_command(args) -> int:
-    run_pm_eval(args.model, args.data, args.batch_size, args.output)
-    return 0
-
-
-def add_pm_commands(sub, add_training_parser, training_command_cls) -> None:
-    """Register ``tether pm`` with its ``train`` and ``eval`` actions (called by tether.cli)."""
-    pm = sub.add_parser("pm", help="Pairwise preference models: train, evaluate.", description="Pairwise preference models P(a beats b | prompt): train, evaluate.")
-    actions = pm.add_subparsers(dest="pm_command", metavar="<action>", required=True)
-    add_training_parser(
-        actions,
-        "train",
-        training_command_cls("tether.trainers.pm:PMConfig", "tether.trainers.pm:run_pm_train", "Train a pairwise preference model on preference pairs or rankings."),
-    )
-    e = actions.add_parser("eval", help="Held-out accuracy and calibration (ECE) of P(winner beats loser).")
-    e.add_argument("--model", required=True, help="a directory written by `tether pm train` (<output>/model)")
-    e.add_argument("--data", default="bundled:preferences", help="preference pairs or rankings")
-    e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--output", default=None, help="also write the metrics as JSON here")
-    e.set_defaults(_handler=_eval_command)
-
-
-__all__ = ["PMConfig", "PreferenceObjective", "PreferenceSection", "add_pm_commands", "encode_pm_examples", "evaluate_pm", "ordered_pairs", "prepare_pm_data", "run_pm_eval", "run_pm_train"]
+__all__ = ["PMConfig", "PreferenceObjective", "PreferenceSection", "encode_pm_examples", "evaluate_pm", "ordered_pairs", "prepare_pm_data", "run_pm_eval", "run_pm_train"]
