@@ -188,9 +188,11 @@ def test_load_judge_reads_a_preference_model_directory_as_itself(tmp_path):
 
 
 def test_cli_eval_with_a_preference_model_judge(tmp_path):
-    """`tether eval --judge <pm dir>`: the preference model judges policy vs reference; asked in both
-    orders (it is not order-invariant), so the disagreement rate is reported."""
+    """`tether eval --judge <pm dir>`: the preference model judges policy vs reference; antisymmetric
+    by construction, it is asked once (no order-disagreement rate), and the report's mean judge
+    probability is the model's own P(policy ≻ reference) over the saved samples."""
     from tether.cli import main
+    from tether.models.preference import PreferenceJudge
 
     _tiny_pm(6).save_pretrained(tmp_path / "pm")
     pm, out = str(tmp_path / "pm"), tmp_path / "eval"
@@ -198,7 +200,12 @@ def test_cli_eval_with_a_preference_model_judge(tmp_path):
                  "--max-new-tokens", "4", "--bootstrap", "20", "--output", str(out)])
     assert code == 0
     report = json.loads((out / "eval.json").read_text())["win_rates"][pm]
-    assert report["n"] == 3 and "order_disagreement" in report and 0.0 <= report["win_rate"] <= 1.0
+    assert report["n"] == 3 and "order_disagreement" not in report
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    prob = PreferenceJudge(pm)([r["prompt"] for r in rows], [r["policy"] for r in rows], [r["reference"] for r in rows])  # [3]
+    assert report["win_prob"] == pytest.approx(float(prob.double().mean()), abs=1e-6)
+    verdicts = [r["verdicts"][pm] for r in rows]
+    assert verdicts == [1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5 for p in prob.tolist()]
 
 
 def test_cli_pm_train_and_eval_on_rankings(tmp_path):

@@ -7,10 +7,11 @@ app's AI suggestions and ``rollout.rewards.PreferenceModelReward`` (win probabil
 
 Implementations: ``RewardJudge`` here (any reward source: the gold function, a reward model or
 ensemble), the AI judge (``feedback.ai_judge``) and the pairwise preference model
-(``models.preference.PreferenceJudge``). ``both_orders`` asks a judge in the two orders and reports where they
-disagree, which cancels a position bias. A judge whose verdict cannot depend on the order (a
-comparison of two rewards) says so with ``order_invariant = True``; ``tether eval`` asks it once
-and every other judge in both orders. ``load_judge(spec)`` builds one from a string.
+(``models.preference.PreferenceJudge``). ``both_orders`` asks a judge in the two orders and
+reports where they disagree, which cancels a position bias. A judge whose verdict cannot depend on
+the order (a comparison of two rewards; a preference model, antisymmetric by construction) says so
+with ``order_invariant = True``; ``tether eval`` asks it once and every other judge in both
+orders. ``load_judge(spec)`` builds one from a string.
 """
 
 from __future__ import annotations

@@ -84,7 +84,12 @@ class PreferenceModel(RewardModel):
 
 
 class PreferenceJudge:
-    """A ``PreferenceModel`` (or the directory of a saved one) as a ``PairJudge``."""
+    """A ``PreferenceModel`` (or the directory of a saved one) as a ``PairJudge``.
+
+    ``order_invariant``: P(b ≻ a) = 1 − P(a ≻ b) by construction (the model scores both orders
+    itself), so ``tether eval`` asks it once instead of in both orders."""
+
+    order_invariant = True
 
     def __init__(self, model, batch_size: int = 16, name: str | None = None):
         if isinstance(model, (str, os.PathLike)):
