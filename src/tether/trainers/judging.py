@@ -8,6 +8,7 @@ measures the same thing."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -24,6 +25,41 @@ def build_judge(spec: str, temperature: float, source, key: str = "judge"):
         return load_judge(spec, temperature=temperature)
     except ValueError as e:
         raise ValueError(f"{key}={spec!r}: {e} (or 'reward': reward.source compared pairwise)") from e
+
+
+@dataclass
+class JudgedRun:
+    """What a judged online loop (nash, online DPO) starts with: the run, its judge, the trainable
+    parameters and their optimizer and schedule, the KL controller and the step bookkeeping."""
+
+    run: object  # trainers.online.run.RunSetup, with a reference
+    judge: object  # PairJudge
+    params: list
+    optimizer: object
+    scheduler: object
+    kl_ctl: object
+    state: object  # trainers.online.run.StepState
+
+
+def start_judged_run(cfg, reward_source, gold_source, judge, spec: str, temperature: float, key: str, title: str, started: float) -> JudgedRun:
+    """``start_run``, then the reference even at a fixed ``kl.coef`` of 0 (built before any
+    checkpoint is loaded, so it is the starting policy: the judged comparisons and the held-out
+    win-rate need it), the judge (``judge`` if given, else ``build_judge(spec, temperature, ...)``),
+    AdamW and its schedule over the trainable parameters, the KL controller and ``StepState``."""
+    from tether.trainers.common import build_optimizer, build_scheduler
+    from tether.trainers.online.reference import Reference
+    from tether.trainers.online.run import StepState, make_kl_controller, start_run
+
+    run = start_run(cfg, reward_source, gold_source)
+    if run.reference is None:
+        run.reference = Reference(cfg.kl.reference, run.policy, cfg.lora.enabled)
+    judge = judge if judge is not None else build_judge(spec, temperature, run.source, key)
+    params = [q for q in run.policy.parameters() if q.requires_grad]
+    optimizer = build_optimizer([{"params": params}], cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train.max_steps, cfg.train)
+    kl_ctl = make_kl_controller(cfg.kl)
+    state = StepState(run, cfg, run.policy, optimizer, scheduler, kl_ctl, title, started)
+    return JudgedRun(run, judge, params, optimizer, scheduler, kl_ctl, state)
 
 
 def held_out_win_rate(run, cfg, judge, rounds: int = 1000) -> dict[str, float]:
@@ -70,4 +106,4 @@ def finish_with_win_rate(state, run, cfg, judge, rounds: int = 1000) -> dict:
     return rows
 
 
-__all__ = ["build_judge", "finish_with_win_rate", "held_out_win_rate"]
+__all__ = ["JudgedRun", "build_judge", "finish_with_win_rate", "held_out_win_rate", "start_judged_run"]

@@ -60,18 +60,11 @@ def run_nash(cfg: NashConfig, reward_source=None, gold_source=None, judge=None) 
     from tether.losses.nash import nash_md_loss
     from tether.rl.kl import kl_estimate
     from tether.rollout.mixture import sample_mixture, sample_reference
-    from tether.trainers.common import build_optimizer, build_scheduler, ensure_finite
-    from tether.trainers.judging import build_judge, finish_with_win_rate
+    from tether.trainers.common import ensure_finite
+    from tether.trainers.judging import finish_with_win_rate, start_judged_run
     from tether.trainers.online.batch import response_hidden, response_logprobs
-    from tether.trainers.online.reference import Reference
     from tether.trainers.online.rollout import collect, prompt_text, step_generator
-    from tether.trainers.online.run import (
-        StepState,
-        Timer,
-        make_kl_controller,
-        rollout_metrics,
-        start_run,
-    )
+    from tether.trainers.online.run import Timer, rollout_metrics
     from tether.trainers.online.update import optimizer_step
 
     started = time.time()
@@ -80,16 +73,9 @@ def run_nash(cfg: NashConfig, reward_source=None, gold_source=None, judge=None) 
         raise ValueError("tether nash takes one update per step: train.epochs must be 1 and train.minibatch_size 0")
     if not 0.0 <= cfg.nash.mixture_coef <= 1.0:
         raise ValueError(f"nash.mixture_coef must lie in [0, 1], got {cfg.nash.mixture_coef}")
-    run = start_run(cfg, reward_source, gold_source)
-    if run.reference is None:  # kl.coef = 0: no KL term, but the mixture and the win-rates still need the reference
-        run.reference = Reference(cfg.kl.reference, run.policy, cfg.lora.enabled)
-    judge = judge if judge is not None else build_judge(cfg.nash.judge, cfg.nash.judge_temperature, run.source, "nash.judge")
+    judged = start_judged_run(cfg, reward_source, gold_source, judge, cfg.nash.judge, cfg.nash.judge_temperature, "nash.judge", "nash", started)
+    run, judge, params, optimizer, scheduler, kl_ctl, state = judged.run, judged.judge, judged.params, judged.optimizer, judged.scheduler, judged.kl_ctl, judged.state
     frozen = run.reference.frozen
-    params = [q for q in run.policy.parameters() if q.requires_grad]
-    optimizer = build_optimizer([{"params": params}], t)
-    scheduler = build_scheduler(optimizer, t.max_steps, t)
-    kl_ctl = make_kl_controller(cfg.kl)
-    state = StepState(run, cfg, run.policy, optimizer, scheduler, kl_ctl, "nash", started)
     temperature, chunk, group = cfg.sampling.temperature, cfg.model.chunk_size, t.samples_per_prompt
     run.policy.train()
     for step in range(state.start_step, t.max_steps):

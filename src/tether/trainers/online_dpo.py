@@ -78,34 +78,21 @@ def run_online_dpo(cfg: OnlineDPOConfig, reward_source=None, gold_source=None, j
     (a PairJudge) overrides ``online.labeller``."""
     from tether.losses.preference import preference_loss, spec_of
     from tether.rl.kl import kl_estimate
-    from tether.trainers.common import build_optimizer, build_scheduler, ensure_finite
+    from tether.trainers.common import ensure_finite
     from tether.trainers.dpo import loss_kwargs
-    from tether.trainers.judging import build_judge, finish_with_win_rate
+    from tether.trainers.judging import finish_with_win_rate, start_judged_run
     from tether.trainers.online.batch import response_hidden, response_logprobs
-    from tether.trainers.online.reference import Reference
     from tether.trainers.online.rollout import collect, prompt_text
-    from tether.trainers.online.run import (
-        StepState,
-        Timer,
-        make_kl_controller,
-        rollout_metrics,
-        start_run,
-    )
+    from tether.trainers.online.run import Timer, rollout_metrics
     from tether.trainers.online.update import optimizer_step
 
     started = time.time()
     _check(cfg)
     t = cfg.train
     spec = spec_of(cfg.dpo.loss)
-    run = start_run(cfg, reward_source, gold_source)
-    if run.reference is None:  # built here, before any checkpoint is loaded: the reference is the start
-        run.reference = Reference(cfg.kl.reference, run.policy, cfg.lora.enabled)
-    judge = judge if judge is not None else build_judge(cfg.online.labeller, cfg.online.judge_temperature, run.source, "online.labeller")
-    params = [q for q in run.policy.parameters() if q.requires_grad]
-    optimizer = build_optimizer([{"params": params}], t)
-    scheduler = build_scheduler(optimizer, t.max_steps, t)
-    kl_ctl = make_kl_controller(cfg.kl)  # fixed at 0: only carried for the checkpoint format
-    state = StepState(run, cfg, run.policy, optimizer, scheduler, kl_ctl, "online_dpo", started)
+    # kl_ctl stays at 0 (kl.coef must be 0): only carried for the checkpoint format.
+    judged = start_judged_run(cfg, reward_source, gold_source, judge, cfg.online.labeller, cfg.online.judge_temperature, "online.labeller", "online_dpo", started)
+    run, judge, params, optimizer, scheduler, state = judged.run, judged.judge, judged.params, judged.optimizer, judged.scheduler, judged.state
     chunk, hparams = cfg.model.chunk_size, loss_kwargs(cfg.dpo)
     run.policy.train()
     for step in range(state.start_step, t.max_steps):
