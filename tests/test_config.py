@@ -73,7 +73,7 @@ def test_section_overrides_keep_the_commands_own_defaults():
 # ---- one name per key across commands --------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["ppo", "grpo", "rloo"])
+@pytest.mark.parametrize("command", ["ppo", "grpo", "rloo", "nash", "online-dpo"])
 def test_old_online_step_key_is_refused_naming_the_new_one(command, capsys):
     """Every command counts steps with train.max_steps; the online commands' old train.steps, in an
     override, a YAML mapping or on the command line, is an error that names train.max_steps."""

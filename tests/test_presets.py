@@ -5,15 +5,16 @@ import pytest
 from tether.cli import build_parser, main
 from tether.config import PRESETS_DIR, ConfigError, load_config, presets, resolve_config_path
 from tether.trainers.grpo import GRPOConfig
+from tether.trainers.nash import NashConfig
 from tether.trainers.ppo import PPOConfig
 
 
 def test_presets_ship_in_the_package():
-    assert {"grpo_vader", "ppo_vader"} <= set(presets())
+    assert {"grpo_vader", "nash_vader", "ppo_vader"} <= set(presets())
     assert all((PRESETS_DIR / f"{name}.yaml").is_file() for name in presets())
 
 
-@pytest.mark.parametrize("name, cls", [("grpo_vader", GRPOConfig), ("ppo_vader", PPOConfig)])
+@pytest.mark.parametrize("name, cls", [("grpo_vader", GRPOConfig), ("nash_vader", NashConfig), ("ppo_vader", PPOConfig)])
 def test_preset_by_name_from_any_directory_equals_the_file(tmp_path, monkeypatch, name, cls):
     monkeypatch.chdir(tmp_path)  # no configs/ here: the name must resolve to the packaged file
     by_name = load_config(cls, name)
@@ -32,15 +33,15 @@ def test_a_file_that_exists_wins_over_the_preset(tmp_path, monkeypatch):
 
 def test_unknown_name_lists_the_presets(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="presets: grpo_vader, ppo_vader"):
+    with pytest.raises(ConfigError, match="presets: grpo_vader, nash_vader, ppo_vader"):
         load_config(GRPOConfig, "grpo_vadr")
     with pytest.raises(ConfigError, match="config file not found: sub/grpo_vader.yaml"):
         load_config(GRPOConfig, "sub/grpo_vader.yaml")  # a path with a folder is a path, never a preset
     assert main(["grpo", "--config", "grpo_vadr"]) == 2
-    assert "grpo_vader, ppo_vader" in capsys.readouterr().err
+    assert "grpo_vader, nash_vader, ppo_vader" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command, listed", [("grpo", "grpo_vader"), ("ppo", "ppo_vader")])
+@pytest.mark.parametrize("command, listed", [("grpo", "grpo_vader"), ("nash", "nash_vader"), ("ppo", "ppo_vader")])
 def test_help_lists_the_commands_presets(command, listed):
     subparsers = next(a for a in build_parser()._actions if a.dest == "command")
     help_text = subparsers.choices[command].format_help()

@@ -34,7 +34,7 @@ TRAINING_COMMANDS: dict[str, TrainingCommand] = {
     "dpo": TrainingCommand(
         "tether.config:DPOConfig",
         "tether.trainers.dpo:run_dpo",
-        "Offline preference optimisation: DPO, IPO, hinge, SimPO, ORPO, RPO, KTO, listwise DPO.",
+        "Offline preference optimisation: DPO, IPO, hinge, SimPO, ORPO, RPO, KTO, listwise DPO. With --online (or dpo.online=true): online DPO, see `tether online-dpo --help`.",
         {"--loss": "dpo.loss", "--beta": "dpo.beta", "--reference": "dpo.reference"},
     ),
     "ppo": TrainingCommand(
@@ -56,6 +56,31 @@ TRAINING_COMMANDS: dict[str, TrainingCommand] = {
         {"--reward": "reward.source"},
     ),
 }
+
+# Nash-MD: a separate entry so the online trainers' table above stays as it is.
+TRAINING_COMMANDS["nash"] = TrainingCommand(
+    "tether.trainers.nash:NashConfig",
+    "tether.trainers.nash:run_nash",
+    "Nash-MD: play the policy against its geometric mixture with the reference under a pairwise judge (preference model or reward).",
+    {"--reward": "reward.source", "--judge": "nash.judge", "--max-steps": "train.max_steps"},
+)
+
+# Online DPO: sample pairs from the policy, label them with a judge, DPO-family step. `tether dpo
+# --online` (or dpo.online=true) is rewritten to this command in main().
+TRAINING_COMMANDS["online-dpo"] = TrainingCommand(
+    "tether.trainers.online_dpo:OnlineDPOConfig",
+    "tether.trainers.online_dpo:run_online_dpo",
+    "Online DPO: two replies per prompt from the current policy, labelled by a judge (reward pairwise or a preference model), one DPO-family step.",
+    {"--loss": "dpo.loss", "--beta": "dpo.beta", "--reward": "reward.source", "--labeller": "online.labeller", "--max-steps": "train.max_steps"},
+)
+ONLINE_DPO_MARKERS = ("--online", "dpo.online=true")
+
+
+def _route_online_dpo(argv: list[str]) -> list[str]:
+    """``tether dpo --online ...`` (or ``dpo.online=true``) -> ``tether online-dpo ...``."""
+    if argv[:1] == ["dpo"] and any(a in ONLINE_DPO_MARKERS for a in argv[1:]):
+        return ["online-dpo"] + [a for a in argv[1:] if a not in ONLINE_DPO_MARKERS]
+    return argv
 
 
 def _load(ref: str):
@@ -262,12 +287,35 @@ def _add_annotate_parser(sub) -> None:
     add_annotate_commands(sub)
 
 
+def _pm_eval(args) -> int:
+    from tether.trainers.pm import run_pm_eval
+
+    run_pm_eval(args.model, args.data, args.batch_size, args.output)
+    return 0
+
+
+def _add_pm_parser(sub) -> None:
+    """``tether pm train | eval``: pairwise preference models (sub-commands, as ``tether rm``)."""
+    pm = sub.add_parser("pm", help="Pairwise preference models: train, evaluate.", description="Pairwise preference models P(a beats b | prompt): train, evaluate.")
+    actions = pm.add_subparsers(dest="pm_command", metavar="<action>", required=True)
+    _add_training_parser(
+        actions, "train", TrainingCommand("tether.trainers.pm:PMConfig", "tether.trainers.pm:run_pm_train", "Train a pairwise preference model on preference pairs or rankings.")
+    )
+    e = actions.add_parser("eval", help="Held-out accuracy and calibration (ECE) of P(winner beats loser).")
+    e.add_argument("--model", required=True, help="a directory written by `tether pm train` (<output>/model)")
+    e.add_argument("--data", default="bundled:preferences", help="preference pairs or rankings")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--output", default=None, help="also write the metrics as JSON here")
+    e.set_defaults(_handler=_pm_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description="Align language models with human preferences.")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name, command in TRAINING_COMMANDS.items():
         _add_training_parser(sub, name, command)
     _add_rm_parser(sub)
+    _add_pm_parser(sub)
     _add_eval_parser(sub)
     _add_annotate_parser(sub)
 
@@ -290,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_route_online_dpo(list(sys.argv[1:] if argv is None else argv)))
     from tether.config import ConfigError
 
     try:

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-JUDGE_HELP = "a pairwise judge: 'vader', 'module:function' (rewards compared) or a reward model / ensemble directory; repeat for several"
+JUDGE_HELP = "a pairwise judge: 'vader', 'module:function' (rewards compared), a reward model / ensemble directory or a preference model directory (tether pm train); repeat for several"
 
 
 def run_config(model_spec: str) -> dict | None:

@@ -3,9 +3,10 @@
 Verdicts. A verdict per (prompt, policy response, reference response) is 1 (the policy wins),
 0 (the reference wins) or 1/2 (a tie), so the win-rate counts ties as halves. A judge whose
 answer does not depend on the order it is shown the two responses (``RewardJudge``: a comparison
-of two rewards) is asked once. Any other judge (a preference model, an AI judge) is asked in both
-orders; when the two orders pick different winners the verdict is a tie, and the fraction of
-such disagreements is reported (``order_disagreement``) as a measure of the judge's position bias.
+of two rewards; ``PreferenceJudge``: a preference model antisymmetric by construction) is asked
+once. Any other judge (an AI judge) is asked in both orders; when the two orders pick different
+winners the verdict is a tie, and the fraction of such disagreements is reported
+(``order_disagreement``) as a measure of the judge's position bias.
 
 Length control (Dubois et al. 2024, "Length-Controlled AlpacaEval"). A judge that likes long
 answers rewards a policy that only learned to talk longer. AlpacaEval 2 fits the judge's

@@ -7,10 +7,11 @@ app's AI suggestions and ``rollout.rewards.PreferenceModelReward`` (win probabil
 
 Implementations: ``RewardJudge`` here (any reward source: the gold function, a reward model or
 ensemble), the AI judge (``feedback.ai_judge``) and the pairwise preference model
-(``models.preference``). ``both_orders`` asks a judge in the two orders and reports where they
-disagree, which cancels a position bias. A judge whose verdict cannot depend on the order (a
-comparison of two rewards) says so with ``order_invariant = True``; ``tether eval`` asks it once
-and every other judge in both orders. ``load_judge(spec)`` builds one from a string.
+(``models.preference.PreferenceJudge``). ``both_orders`` asks a judge in the two orders and
+reports where they disagree, which cancels a position bias. A judge whose verdict cannot depend on
+the order (a comparison of two rewards; a preference model, antisymmetric by construction) says so
+with ``order_invariant = True``; ``tether eval`` asks it once and every other judge in both
+orders. ``load_judge(spec)`` builds one from a string.
 """
 
 from __future__ import annotations
@@ -89,16 +90,28 @@ JUDGE_SPECS = (
     "'vader' (VADER sentiment of each reply, compared)",
     "'module:function' (a reward function or RewardSource object/class, its rewards compared)",
     "a saved reward model or reward ensemble directory (its rewards compared)",
+    "a saved pairwise preference model directory (tether pm train: P(first beats second) itself)",
 )
 
 
 def load_judge(spec: str, *, temperature: float = 0.0, tie_margin: float = 0.0, **source_kw) -> PairJudge:
-    """A pairwise judge from a string. Every spec accepted today is a reward source
+    """A pairwise judge from a string. The directory of a saved pairwise preference model is a
+    ``PreferenceJudge`` (it gives probabilities itself: ``temperature``, ``tie_margin`` and reward
+    keywords do not apply and are an error). Every other spec is a reward source
     (``tether.rollout.rewards.load_reward_source``) wrapped in a ``RewardJudge``; ``temperature``
     and ``tie_margin`` are the RewardJudge's, other keywords go to the reward source.
     Anything else is an error listing ``JUDGE_SPECS``."""
+    from pathlib import Path
+
+    from tether.models.preference import PreferenceJudge, is_preference_model_dir
     from tether.rollout.rewards import load_reward_source
 
+    path = Path(spec).expanduser()
+    if path.is_dir() and is_preference_model_dir(path):
+        given = [k for k, v in (("temperature", temperature), ("tie_margin", tie_margin)) if v] + sorted(source_kw)
+        if given:
+            raise ValueError(f"judge {spec!r} is a preference model, which gives probabilities itself; {', '.join(given)} apply only to judges built on a reward")
+        return PreferenceJudge(str(path))
     try:
         source = load_reward_source(spec, **source_kw)
     except ValueError as e:

@@ -111,6 +111,11 @@ class RewardModel(nn.Module):
     LoRA backbone (an ensemble); ``None`` uses the backbone as it is.
     """
 
+    # What a saved directory holds beside the backbone; a subclass (the pairwise preference
+    # model) saves under its own names so the two kinds of directory are never mistaken.
+    head_file = HEAD_FILE
+    config_file = CONFIG_FILE
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -239,8 +244,8 @@ class RewardModel(nn.Module):
         from tether.models.saving import save_model
 
         out_dir = save_model(self.backbone, self.tokenizer, out_dir)
-        save_file({"weight": self.head.weight.detach().contiguous(), "bias": self.head.bias.detach().contiguous()}, str(out_dir / HEAD_FILE))
-        (out_dir / CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=2), encoding="utf-8")
+        save_file({"weight": self.head.weight.detach().contiguous(), "bias": self.head.bias.detach().contiguous()}, str(out_dir / self.head_file))
+        (out_dir / self.config_file).write_text(json.dumps(self.config_dict(), indent=2), encoding="utf-8")
         return out_dir
 
     @classmethod
@@ -250,12 +255,12 @@ class RewardModel(nn.Module):
         from tether.models.loading import load_model
 
         model_dir = Path(model_dir)
-        if not (model_dir / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{model_dir} is not a reward model directory (no {CONFIG_FILE})")
-        config = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        if not (model_dir / cls.config_file).is_file():
+            raise FileNotFoundError(f"{model_dir} is not a {cls.__name__} directory (no {cls.config_file})")
+        config = json.loads((model_dir / cls.config_file).read_text(encoding="utf-8"))
         backbone, tokenizer = load_model(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
         model = cls(backbone, tokenizer, config["objectives"], config.get("weights"), config.get("max_length", 512), pooling=config.get("pooling", "last"))
-        state = load_file(str(model_dir / HEAD_FILE))
+        state = load_file(str(model_dir / cls.head_file))
         with torch.no_grad():
             model.head.weight.copy_(state["weight"])
             model.head.bias.copy_(state["bias"])

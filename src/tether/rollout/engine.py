@@ -300,10 +300,14 @@ def generate(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     *,
     path: str | DecodePath = DecodePath.AUTO,
+    decoder: Callable | None = None,
 ) -> Rollout:
     """Sample one response per prompt. ``generator`` (on the model's device) makes it reproducible;
     a list of one generator per prompt makes each row's draws independent of the others in the batch.
-    ``path`` chooses the decoder (see ``DecodePath``); the default picks the fastest that applies."""
+    ``path`` chooses the decoder (see ``DecodePath``); the default picks the fastest that applies.
+    ``decoder``: a factory ``(model, batch, max_length) -> decoder`` (``prefill``/``step`` giving
+    next-token logits) that replaces the path's, e.g. ``tether.rollout.mixture``'s geometric
+    mixture of two models; the rollout's log-probs are then those of its logits."""
     if not prompt_ids:
         raise ValueError("no prompts to generate from")
     device = next(model.parameters()).device
@@ -313,7 +317,7 @@ def generate(
     batch, width = input_ids.shape
     steps = params.max_new_tokens
 
-    decoder = DECODERS[resolve_path(model, path)](model, batch, width + steps)
+    decoder = (decoder or DECODERS[resolve_path(model, path)])(model, batch, width + steps)
     sample = Sampler(params, generator)
     tokens_out = torch.full((batch, steps), pad_id, dtype=torch.long, device=device)  # [B, Tr]
     logprobs_out = torch.zeros(batch, steps, device=device)  # [B, Tr]

@@ -177,7 +177,9 @@ def _load_callable(spec: str, **kw) -> RewardSource:
 def load_reward_source(spec: str, **kw) -> RewardSource:
     """``"vader"``; ``"module:function"`` (a per-pair function, ``batched=True`` for a batched one, or
     a RewardSource object / class); or a directory holding a saved reward model or ensemble
-    (``penalty=``, ``weights=``, ``batch_size=`` are passed on)."""
+    (``penalty=``, ``weights=``, ``batch_size=`` are passed on), or a saved pairwise preference model
+    (``PreferenceModelReward``: a reply's win probability against the other replies to its prompt)."""
+    from tether.models.preference import is_preference_model_dir
     from tether.models.reward import is_reward_model_dir
     from tether.models.reward_ensemble import is_ensemble_dir
 
@@ -189,7 +191,13 @@ def load_reward_source(spec: str, **kw) -> RewardSource:
             return EnsembleReward(str(path), **kw)
         if is_reward_model_dir(path):
             return RewardModelReward(str(path), **kw)
-        raise ValueError(f"{spec} is a directory but holds neither a reward model nor a reward ensemble")
+        if is_preference_model_dir(path):  # a reply's reward: its win probability against the other replies to its prompt
+            from tether.models.preference import PreferenceJudge
+
+            if kw:
+                raise ValueError(f"{spec} is a preference model; {', '.join(sorted(kw))} apply only to reward models and ensembles")
+            return PreferenceModelReward(PreferenceJudge(str(path)), name=path.name)
+        raise ValueError(f"{spec} is a directory but holds neither a reward model, a reward ensemble nor a preference model")
     if ":" in spec and not os.path.exists(spec):
         return _load_callable(spec, **kw)
     raise ValueError(f"unknown reward source {spec!r}: expected 'vader', 'module:function' or a saved reward model directory")

@@ -50,10 +50,9 @@ def _encode(tokenizer, records, cfg: DataConfig, what: str, report: list[str]) -
     return examples
 
 
-def prepare_data(tokenizer, cfg: DataConfig, kind: str, seed: int, eval_kind: str | None = None) -> PreparedData:
-    """Load, validate, split and tokenize. ``kind``: demonstration, preference, ranking or unpaired;
-    ``eval_kind``: that of ``cfg.eval_path`` when it differs (a reward model trained on rankings
-    and evaluated on pairs), else the same."""
+def load_and_split(cfg: DataConfig, kind: str, seed: int, eval_kind: str | None = None) -> tuple[list, list, list[str]]:
+    """(train records, eval records, report lines): load and validate ``cfg.path`` (and
+    ``cfg.eval_path``), or hold out a seeded ``cfg.eval_fraction`` of ``cfg.path``."""
     from tether.data import load_records
     from tether.data.rankings import resolve_ties
 
@@ -79,6 +78,14 @@ def prepare_data(tokenizer, cfg: DataConfig, kind: str, seed: int, eval_kind: st
         records = [r for i, r in enumerate(records) if i not in held]
     else:
         eval_records = []
+    return records, eval_records, report
+
+
+def prepare_data(tokenizer, cfg: DataConfig, kind: str, seed: int, eval_kind: str | None = None) -> PreparedData:
+    """Load, validate, split and tokenize. ``kind``: demonstration, preference, ranking or unpaired;
+    ``eval_kind``: that of ``cfg.eval_path`` when it differs (a reward model trained on rankings
+    and evaluated on pairs), else the same."""
+    records, eval_records, report = load_and_split(cfg, kind, seed, eval_kind)
     train = _encode(tokenizer, records, cfg, "train", report)
     evaluation = _encode(tokenizer, eval_records, cfg, "eval", report) if eval_records else []
     return PreparedData(train, evaluation, report)

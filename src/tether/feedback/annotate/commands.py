@@ -48,11 +48,9 @@ def read_samples(path: str | Path) -> list[dict]:
 
 def load_judge(spec: str, temperature: float = 0.0):
     """A ``PairJudge`` from ``spec``: ``module:attr`` naming a judge (an object or class with
-    ``__call__(prompts, first, second)`` and ``name``), or any reward source that
-    ``load_reward_source`` reads ("vader", ``module:function``, a reward model directory), compared
-    by ``RewardJudge``."""
-    from tether.feedback.judges import RewardJudge
-    from tether.rollout.rewards import load_reward_source
+    ``__call__(prompts, first, second)`` and ``name``), or anything ``tether.feedback.judges.load_judge``
+    reads (a reward source compared by ``RewardJudge``, or a preference model directory)."""
+    from tether.feedback import judges
 
     if ":" in spec and not Path(spec).exists():
         module, _, attr = spec.partition(":")
@@ -61,7 +59,7 @@ def load_judge(spec: str, temperature: float = 0.0):
             obj = obj()
         if callable(obj) and hasattr(obj, "name") and not hasattr(obj, "score"):
             return obj
-    return RewardJudge(load_reward_source(spec), temperature=temperature)
+    return judges.load_judge(spec, temperature=temperature)
 
 
 def build_items(rows: list[dict], task: str, pairs_per_prompt: int, seed: int, member_scores=None, rule: str = "disagreement") -> list[dict]:

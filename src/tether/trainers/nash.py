@@ -1,0 +1,123 @@
+"""Nash-MD (``tether nash``): Nash learning from pairwise preferences (Munos et al. 2023).
+
+Each step, for a batch of prompts:
+
+    y  ~ π            (the policy, through the rollout engine; scored by reward.source for the logs)
+    y′ ~ π_mix        (the token-level geometric mixture π^(1−β)·π_ref^β, ``nash.mixture_coef`` β;
+                       ``tether.rollout.mixture``)
+    P  = judge(x, y, y′)                         P(y ≻ y′) from any pairwise judge
+    loss = Nash-MD policy gradient               ``tether.losses.nash.nash_md_loss``, τ = kl.coef
+
+The judge (``nash.judge``) is any ``tether eval --judge`` spec (``tether.feedback.judges.load_judge``:
+a saved pairwise preference model directory from ``tether pm train``, 'vader', a reward model), or
+``reward``: the reward source ``reward.source`` compared pairwise (``RewardJudge``: hard verdicts
+by default, 1 / 0 / ½, or σ((r − r′)/T) with ``nash.judge_temperature`` T > 0), which is how
+VADER judges the sentiment task. Logged each step: ``win/mixture`` (mean P(y ≻ y′)), with
+``nash.vs_reference`` also ``win/reference`` (against a fresh reply of the reference), ``kl/ref``
+(per reply, ``kl.estimator``), the reward of y, the loss and the times. After training, the
+held-out prompts (``data.eval_prompts`` × ``data.eval_samples``) give the policy's win-rate
+against the reference (= the starting policy) under the judge (``tether.evaluate.policy``: ties
+as halves, a preference model asked in both orders), with a 95% paired-bootstrap interval over
+prompts, written to ``summary.json`` as ``held_out/win_rate_vs_reference`` (``_low``/``_high``).
+
+Checkpoints, resume, the time budget and the before/after held-out reward come from the online
+trainers' machinery (``tether.trainers.online``). One update per step (the ratio is 1), so
+``train.epochs`` must be 1 and ``train.minibatch_size`` 0.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from tether.config import opt
+from tether.trainers.online.config import KLConfig, OnlineSections, OnlineTrainConfig
+
+
+@dataclass
+class NashSection:
+    judge: str = opt("reward", "Pairwise judge of (y, y'): 'reward' (reward.source compared pairwise) or any `tether eval --judge` spec, e.g. the directory of a saved preference model (tether pm train).")
+    judge_temperature: float = opt(0.0, "judge=reward: 0 gives hard verdicts (1 / 0 / 0.5 on a tie); T > 0 gives sigmoid((r - r') / T).")
+    mixture_coef: float = opt(0.125, "beta of the geometric mixture pi^(1-beta) * pi_ref^beta that the policy plays against (0: self-play against pi).")
+    vs_reference: bool = opt(True, "Also sample a reply from the reference each step and log the policy's win-rate against it (win/reference).")
+    eval_bootstrap: int = opt(1000, "Rounds of the paired bootstrap over held-out prompts for the win-rate interval (0: no interval).")
+
+
+@dataclass
+class NashConfig(OnlineSections):
+    """Nash-MD: play against the geometric mixture of policy and reference under a pairwise judge."""
+
+    kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.05))
+    train: OnlineTrainConfig = field(default_factory=lambda: OnlineTrainConfig(output_dir="runs/nash", prompts_per_step=8, samples_per_prompt=1, lr=1e-5))
+    nash: NashSection = field(default_factory=NashSection)
+
+
+def run_nash(cfg: NashConfig, reward_source=None, gold_source=None, judge=None) -> dict:
+    """The Nash-MD loop; saves ``<output_dir>/model`` and returns the summary rows. ``judge``
+    (a PairJudge) overrides ``nash.judge``."""
+    from tether.losses.nash import nash_md_loss
+    from tether.rl.kl import kl_estimate
+    from tether.rollout.mixture import sample_mixture, sample_reference
+    from tether.trainers.common import ensure_finite
+    from tether.trainers.judging import finish_with_win_rate, start_judged_run
+    from tether.trainers.online.batch import response_hidden, response_logprobs
+    from tether.trainers.online.rollout import collect, prompt_text, step_generator
+    from tether.trainers.online.run import Timer, rollout_metrics
+    from tether.trainers.online.update import optimizer_step
+
+    started = time.time()
+    t = cfg.train
+    if t.epochs != 1 or t.minibatch_size != 0:
+        raise ValueError("tether nash takes one update per step: train.epochs must be 1 and train.minibatch_size 0")
+    if not 0.0 <= cfg.nash.mixture_coef <= 1.0:
+        raise ValueError(f"nash.mixture_coef must lie in [0, 1], got {cfg.nash.mixture_coef}")
+    judged = start_judged_run(cfg, reward_source, gold_source, judge, cfg.nash.judge, cfg.nash.judge_temperature, "nash.judge", "nash", started)
+    run, judge, params, optimizer, scheduler, kl_ctl, state = judged.run, judged.judge, judged.params, judged.optimizer, judged.scheduler, judged.kl_ctl, judged.state
+    frozen = run.reference.frozen
+    temperature, chunk, group = cfg.sampling.temperature, cfg.model.chunk_size, t.samples_per_prompt
+    run.policy.train()
+    for step in range(state.start_step, t.max_steps):
+        timer = Timer()
+        got = collect(run, cfg, step, timer)  # y ~ π, scored by reward.source (logged as reward/*)
+        texts = [prompt_text(p) for p in got.prompts for _ in range(group)]
+        with timer("generate_mixture"):
+            mix = sample_mixture(run.policy, run.tokenizer, got.prompts, group, run.params, step_generator(t.seed + 7919, step), cfg.nash.mixture_coef, frozen)
+        with timer("judge"):
+            win = judge(texts, got.rollout.texts, mix.texts).float()  # [B] P(y ≻ y′)
+        metrics: dict[str, float] = {}
+        if cfg.nash.vs_reference:
+            with timer("generate_reference"):
+                ref_rollout = sample_reference(run.policy, run.tokenizer, got.prompts, group, run.params, step_generator(t.seed + 104729, step), frozen)
+            with timer("judge"):
+                metrics["win/reference"] = float(judge(texts, got.rollout.texts, ref_rollout.texts).float().mean())
+        mask = got.batch.mask  # [B, Tr]
+        with timer("reference"):
+            ref_lp = run.reference.logprobs(run.policy, got.batch, temperature, chunk)  # [B, Tr]
+        kl = torch.where(mask, kl_estimate(cfg.kl.estimator, got.rollout.logprobs.float(), ref_lp), torch.zeros(()))  # [B, Tr]
+        with timer("update"):
+            logprobs, entropy = response_logprobs(run.policy, response_hidden(run.policy, got.batch), got.batch, temperature, chunk, entropy=True)  # [B, Tr]
+            losses, lm = nash_md_loss(logprobs, ref_lp, win, mask, kl_coef=kl_ctl.value)  # [B]
+            loss = losses.mean()
+            ensure_finite(loss.detach(), step + 1)
+            metrics["grad_norm"] = optimizer_step(loss, params, optimizer, t.max_grad_norm)
+            metrics["lr"] = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+        metrics.update(rollout_metrics(got.rollout, got.scores, kl, got.gold))
+        metrics.update(got.extras)
+        metrics.update(timer.metrics())
+        metrics.update({
+            "win/mixture": float(lm["win_rate"]),
+            "loss/total": float(loss.detach()),
+            "nash/advantage": float(lm["advantage"]),
+            "policy/entropy": float((entropy * mask).sum() / mask.sum().clamp(min=1)),
+            "kl/coef": kl_ctl.value,
+            "mixture/length": float(mix.response_mask.sum(1).float().mean()),
+        })
+        if state.end_step(step, metrics, len(got.rollout.texts)):
+            break
+    return finish_with_win_rate(state, run, cfg, judge, cfg.nash.eval_bootstrap)
+
+
+__all__ = ["NashConfig", "NashSection", "run_nash"]
