@@ -113,7 +113,8 @@ def _with_cached_reference(examples, seed=1):
 
 
 def _objective(kind, pad_id, layout, reference=None):
-    cfg = load_config(DPOConfig, None, ["dpo.label_smoothing=0.1"]).dpo
+    # Label smoothing only where it means something: any other variant refuses it.
+    cfg = load_config(DPOConfig, None, ["dpo.label_smoothing=0.1"] if kind in ("cdpo", "robust") else []).dpo
     return PreferenceObjective(kind, loss_kwargs(cfg), reference, pad_id, layout, row_tokens=64, chunk_size=16)
 
 
@@ -260,10 +261,33 @@ def test_every_variant_trains_from_bundled_data_and_saves_a_transformers_model(k
     monkeypatch.setenv("TETHER_CACHE", str(shared_cache))
 
     out = tmp_path / kind
-    result = run_dpo(load_config(DPOConfig, None, [*_overrides(out, steps=2), "dpo.loss=" + kind, "dpo.label_smoothing=0.1", "data.eval_fraction=0.05"]))
+    smoothing = ["dpo.label_smoothing=0.1"] if kind in ("cdpo", "robust") else []  # the only variants that use it
+    result = run_dpo(load_config(DPOConfig, None, [*_overrides(out, steps=2), "dpo.loss=" + kind, *smoothing, "data.eval_fraction=0.05"]))
     assert result.steps == 2 and math.isfinite(result.train_metrics["loss"]) and result.eval_metrics
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_default_settings_pass_every_variant_and_a_foreign_one_is_refused_before_loading(tmp_path, monkeypatch, capsys):
+    """The config's defaults equal the loss functions' (no variant trips the check); a setting the
+    chosen loss ignores stops `tether dpo` with the config key and the losses that use it, before
+    any model is loaded."""
+    import tether.trainers.common as common
+    from tether.cli import main
+    from tether.trainers.dpo import check_loss_settings
+
+    for kind in PreferenceLoss:
+        check_loss_settings(load_config(DPOConfig, None, [f"dpo.loss={kind.value}"]).dpo)
+
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded before the settings were checked")
+
+    monkeypatch.setattr(common, "load_trainable_model", no_load)
+    assert main(["dpo", "--loss", "ipo", "dpo.label_smoothing=0.1", f"train.output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "dpo.label_smoothing=0.1 does nothing with dpo.loss=ipo; it is used by cdpo, robust" in err
+    assert main(["dpo", "dpo.rpo_alpha=0.5", f"train.output_dir={tmp_path}"]) == 2
+    assert "dpo.rpo_alpha=0.5 does nothing with dpo.loss=dpo; it is used by rpo" in capsys.readouterr().err
 
 
 def test_dpo_learns_the_toy_preferences(pref_file, tmp_path, cache_dir):

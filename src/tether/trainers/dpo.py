@@ -51,16 +51,32 @@ def add_mismatched_completions(examples: list[Example], seed: int, max_length: i
         examples[i].sequences = [(ids, prompt_len), (spliced, prompt_len)]
 
 
+# Loss-function argument -> its key in the ``dpo`` config section.
+CONFIG_KEYS = {
+    "beta": "beta",
+    "label_smoothing": "label_smoothing",
+    "gamma": "simpo_gamma",
+    "alpha": "rpo_alpha",
+    "desirable_weight": "kto_desirable_weight",
+    "undesirable_weight": "kto_undesirable_weight",
+}
+
+
 def loss_kwargs(cfg: PreferenceConfig) -> dict[str, float]:
     """Hyperparameters from the config, by the names the loss functions take."""
-    return {
-        "beta": cfg.beta,
-        "label_smoothing": cfg.label_smoothing,
-        "gamma": cfg.simpo_gamma,
-        "alpha": cfg.rpo_alpha,
-        "desirable_weight": cfg.kto_desirable_weight,
-        "undesirable_weight": cfg.kto_undesirable_weight,
-    }
+    return {arg: getattr(cfg, key) for arg, key in CONFIG_KEYS.items()}
+
+
+def check_loss_settings(cfg: PreferenceConfig) -> None:
+    """Refuse a ``dpo.*`` hyperparameter set away from its default for a loss that ignores it,
+    naming the key and the losses that use it (before any model is loaded)."""
+    from tether.config import ConfigError
+    from tether.losses.preference import unused_hyperparameters
+
+    ignored = unused_hyperparameters(cfg.loss, loss_kwargs(cfg))
+    if ignored:
+        lines = [f"dpo.{CONFIG_KEYS[arg]}={getattr(cfg, CONFIG_KEYS[arg])} does nothing with dpo.loss={cfg.loss}; it is used by {', '.join(users)}" for arg, users in ignored.items()]
+        raise ConfigError("; ".join(lines) + " (leave it at its default, or pick a loss that uses it)")
 
 
 @dataclass
@@ -162,6 +178,7 @@ def run_dpo(cfg: DPOConfig) -> FitResult:
     from tether.trainers.prepare import prepare_data
     from tether.trainers.sft import sample_completions
 
+    check_loss_settings(cfg.dpo)
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
