@@ -189,7 +189,8 @@ def load_reward_source(spec: str, **kw) -> RewardSource:
             f"reward.uncertainty_penalty={kw['penalty']} applies only to a saved reward ensemble directory, "
             f"but the reward source {spec!r} is not one; unset it or point the source at an ensemble"
         )
-    kw.pop("penalty", None)
+    if not ensemble:
+        kw.pop("penalty", None)  # None here: the sources below take no penalty
     if spec == "vader":
         return vader_reward()
     if path.is_dir():
