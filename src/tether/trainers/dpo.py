@@ -20,7 +20,12 @@ import torch
 from tether.config import DPOConfig, PreferenceConfig, save_yaml
 from tether.data.layouts import Layout, collate_layout, resolve_layout
 from tether.trainers.offline import Example, FitResult, fit
-from tether.trainers.reference import ReferencePolicy, attach_cached_reference, resolve_mode, sequence_logps
+from tether.trainers.reference import (
+    CachedReference,
+    ReferencePolicy,
+    resolve_mode,
+    sequence_logps,
+)
 
 # Which records each data layout reads, and the bundled set a run reads when data.path is 'auto'.
 DATA_KIND = {"paired": "preference", "unpaired": "unpaired", "ranking": "ranking"}
@@ -98,6 +103,11 @@ class PreferenceObjective:
     def units(self, examples: list[Example]) -> float:
         return float(len(examples))
 
+    def prepare(self, model: torch.nn.Module, examples: list[Example]) -> None:
+        """Called by the loop before training: a cached reference computes what it lacks."""
+        if self.reference is not None:
+            self.reference.prepare(model, examples)
+
     def loss(self, model: torch.nn.Module, examples: list[Example]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # Rankings may hold different numbers of completions; each size is its own forward pass.
         by_size: dict[int, list[Example]] = {}
@@ -161,12 +171,10 @@ def build_objective(cfg: DPOConfig, model, tokenizer, data) -> PreferenceObjecti
     layout = resolve_layout(cfg.dpo.share_prompt, cfg.data.pack)
     if spec.needs_reference:
         mode = resolve_mode(cfg.dpo.reference, cfg.lora.enabled)
-        if mode == "cached":
-            path = attach_cached_reference(
-                model, {"train": data.train, "eval": data.eval}, tokenizer.pad_token_id, layout, cfg.data.max_length, cfg.model.chunk_size, cfg.train.micro_batch_size
-            )
-            print(f"reference log-probabilities cached at {path}")
-        reference = ReferencePolicy(mode, model, cfg.model.chunk_size)
+        cache = None
+        if mode == "cached":  # filled by prepare() with what the run uses (see tether.trainers.reference)
+            cache = CachedReference(tokenizer.pad_token_id, layout, cfg.data.max_length, cfg.model.chunk_size, cfg.train.micro_batch_size, progress=cfg.train.progress)
+        reference = ReferencePolicy(mode, model, cfg.model.chunk_size, cache)
     return PreferenceObjective(cfg.dpo.loss, loss_kwargs(cfg.dpo), reference, tokenizer.pad_token_id, layout, cfg.data.max_length, cfg.model.chunk_size)
 
 
@@ -193,7 +201,7 @@ def run_dpo(cfg: DPOConfig) -> FitResult:
         add_mismatched_completions(data.train, cfg.train.seed, cfg.data.max_length)
         add_mismatched_completions(data.eval, cfg.train.seed + 1, cfg.data.max_length)
     objective = build_objective(cfg, model, tokenizer, data)
-    result = fit(model, objective, data.train, data.eval, cfg.train, title=cfg.dpo.loss)
+    result = fit(model, objective, data.train, data.eval, cfg.train, title=cfg.dpo.loss, report=data.report)
     save_model(model, tokenizer, out / "model")
     print(f"saved model to {out / 'model'}")
     if cfg.train.sample_prompts:

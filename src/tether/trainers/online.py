@@ -16,14 +16,14 @@ t-th generated token, ``mask`` True on generated tokens (including the eos that 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
 
 from tether.config import LoRAConfig, ModelConfig, opt
+from tether.trainers.reference import Reference as SharedReference
 
 # ---------------------------------------------------------------------------------------------
 # Configuration sections
@@ -87,7 +87,7 @@ class KLConfig:
     adaptive: bool = opt(False, "Steer beta towards kl.target with a proportional controller (Ziegler et al. 2019); off: beta stays fixed.")
     target: float = opt(6.0, "Adaptive controller: target KL per response (summed over tokens), in nats.")
     horizon: float = opt(10000.0, "Adaptive controller: responses over which beta may change by a factor of about e^0.2.")
-    reference: Literal["auto", "copy", "adapter"] = opt("auto", "Reference policy: the base model with LoRA adapters off, or a frozen copy. auto: adapter with LoRA, copy otherwise.")
+    reference: Literal["auto", "copy", "adapter"] = opt("auto", "Reference policy: the base model with LoRA adapters off, or a frozen copy. auto: adapter with LoRA, copy otherwise (online samples are new every step, so nothing is cached; see tether.trainers.reference.resolve_mode).")
 
 
 def default_lora() -> LoRAConfig:
@@ -305,31 +305,17 @@ def entropy_surrogate(logprobs: torch.Tensor) -> torch.Tensor:
     return -logprobs.detach() * logprobs
 
 
-class Reference:
-    """Per-token reference log-probabilities: the policy with adapters off, or a frozen copy."""
+class Reference(SharedReference):
+    """Per-token reference log-probabilities of sampled responses; the policy (mode, copy or
+    adapters off, and what ``auto`` means) is ``tether.trainers.reference.Reference``'s."""
 
     def __init__(self, mode: str, model, lora_enabled: bool):
-        if mode == "auto":
-            mode = "adapter" if lora_enabled else "copy"
-        if mode == "adapter" and not lora_enabled:
-            raise ValueError("kl.reference=adapter needs lora.enabled=true (the reference is the model with its adapters off)")
-        self.mode = mode
-        self.frozen = None
-        if mode == "copy":
-            import copy
-
-            self.frozen = copy.deepcopy(model).eval().requires_grad_(False)
+        super().__init__(mode, model, lora_enabled, fresh_samples=True)
 
     @torch.no_grad()
     def logprobs(self, model, batch: ResponseBatch, temperature: float, chunk_size: int) -> torch.Tensor:
-        from tether.models import disabled_adapter
-
-        target = self.frozen if self.frozen is not None else model
-        was_training = model.training
-        model.eval()
-        with disabled_adapter(model) if self.frozen is None else nullcontext():
-            lp, _ = response_logprobs(target, response_hidden(target, batch), batch, temperature, chunk_size)  # [B, Tr]
-        model.train(was_training)
+        with self.network(model) as net:
+            lp, _ = response_logprobs(net, response_hidden(net, batch), batch, temperature, chunk_size)  # [B, Tr]
         return lp
 
 
