@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from tether.config import TrainConfig
-from tether.trainers.progress import Progress, print_clean
+from tether.trainers.progress import Progress, print_clean, warning_markup
 
 
 class NonFiniteLossError(RuntimeError):
@@ -276,7 +276,7 @@ class RunLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:  # tensorboard is a dependency; without it the JSONL log still has everything
-            print_clean(f"[bold yellow][warning][/] TensorBoard logging is off: {e} (install tensorboard to get it; metrics.jsonl has every metric)")
+            print_clean(warning_markup(f"[warning] TensorBoard logging is off: {e} (install tensorboard to get it; metrics.jsonl has every metric)"))
         else:
             self._tb = SummaryWriter(str(self.dir / "tensorboard"))  # any failure to start it is an error
         self._progress = Progress(title, total_steps, completed=start_step, enabled=progress, unit="steps")
@@ -296,6 +296,10 @@ class RunLogger:
     def print(self, message: str) -> None:
         """``message`` (rich markup allowed): above the bar on a terminal, plain text elsewhere."""
         self._progress.print(message)
+
+    def warn(self, message: str) -> None:
+        """``message`` highlighted as a warning on a terminal, as it is (brackets kept) elsewhere."""
+        self._progress.print(warning_markup(message))
 
     def close(self) -> None:
         self._progress.close()

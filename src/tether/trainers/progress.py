@@ -32,6 +32,14 @@ def print_clean(message: str, console=None) -> None:
     print(Text.from_markup(message).plain, flush=True)
 
 
+def warning_markup(message: str) -> str:
+    """``message`` as a highlighted warning; its own brackets (``[warning] ...``) are escaped, so
+    rich shows them instead of reading them as markup tags."""
+    from rich.markup import escape
+
+    return f"[bold yellow]{escape(message)}[/]"
+
+
 def _clock(seconds: float) -> str:
     seconds = int(max(0.0, seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

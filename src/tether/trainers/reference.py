@@ -219,7 +219,7 @@ class CachedReference:
             self.open(model)
         unique = list({id(e): e for e in examples}.values())
         keys = {id(e): example_key(e) for e in unique}
-        todo = [e for e in unique if keys[id(e)] not in self.values]
+        todo = list({keys[id(e)]: e for e in unique if keys[id(e)] not in self.values}.values())  # one per key
         print(f"reference log-probabilities: this run uses {len(unique)} examples, {len(unique) - len(todo)} cached, computing {len(todo)}")
         if todo:
             last_flush = time.time()
