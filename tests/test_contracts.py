@@ -214,3 +214,27 @@ def test_warnings_print_clean_without_a_terminal(tmp_path, capsys):
     assert "[warning] kl_growth at step 3: KL grew" in out and "plain text" in out
     assert "[bold" not in out and "[/]" not in out
     shutil.rmtree(tmp_path)
+
+
+# --------------------------------------------------------------------------- one reference policy
+
+
+def test_one_rule_decides_auto_for_offline_and_online():
+    """auto: adapters off with LoRA; without, the disk cache for a fixed data set and a frozen copy
+    for online samples (new every step). Online and offline reference classes are the same one."""
+    from tether.trainers.online import Reference as OnlineReference
+    from tether.trainers.reference import Reference, ReferencePolicy, resolve_mode
+
+    assert resolve_mode("auto", lora_enabled=True) == resolve_mode("auto", True, fresh_samples=True) == "adapter"
+    assert resolve_mode("auto", lora_enabled=False) == "cached"
+    assert resolve_mode("auto", lora_enabled=False, fresh_samples=True) == "copy"
+    with pytest.raises(ValueError, match="needs a fixed data set"):
+        resolve_mode("cached", False, fresh_samples=True)
+    with pytest.raises(ValueError, match="lora.enabled=true"):
+        resolve_mode("adapter", False)
+    assert issubclass(OnlineReference, Reference) and issubclass(ReferencePolicy, Reference)
+    model = torch.nn.Linear(2, 2)
+    online = OnlineReference("auto", model, lora_enabled=False)
+    assert online.mode == "copy" and online.frozen is not model
+    with online.network(model) as net:
+        assert net is online.frozen and not torch.is_grad_enabled()
