@@ -220,6 +220,7 @@ class CachedReference:
         unique = list({id(e): e for e in examples}.values())
         keys = {id(e): example_key(e) for e in unique}
         todo = list({keys[id(e)]: e for e in unique if keys[id(e)] not in self.values}.values())  # one per key
+        todo.sort(key=lambda e: e.num_tokens)  # similar lengths batched together: less padding, as in training
         print(f"reference log-probabilities: this run uses {len(unique)} examples, {len(unique) - len(todo)} cached, computing {len(todo)}")
         if todo:
             last_flush = time.time()
