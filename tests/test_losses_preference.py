@@ -13,6 +13,7 @@ import torch
 
 from tether.rl.logprobs import log1mexp
 from tether.losses.preference import (
+    HYPERPARAMETER_USERS,
     PREFERENCE_LOSSES,
     PreferenceLoss,
     kto_reference_point,
@@ -190,6 +191,12 @@ def test_listwise_with_two_completions_is_dpo():
 # --------------------------------------------------------------------------- gradients and properties
 
 HPARAMS = {"beta": 0.3, "label_smoothing": 0.1, "gamma": 0.5, "alpha": 0.7, "desirable_weight": 1.0, "undesirable_weight": 1.5}
+
+
+def hparams_of(kind) -> dict:
+    """The HPARAMS that ``kind`` takes: the others set away from their defaults would be refused."""
+    return {k: v for k, v in HPARAMS.items() if PreferenceLoss(kind) in HYPERPARAMETER_USERS[k]}
+
 PAIRED = [k for k, s in PREFERENCE_LOSSES.items() if s.data == "paired"]
 
 
@@ -213,7 +220,7 @@ def test_paired_gradcheck(kind):
     names = ["policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected"]
 
     def f(*logps):
-        return preference_loss(kind, **{**t, **dict(zip(names, logps))}, **HPARAMS)[0]
+        return preference_loss(kind, **{**t, **dict(zip(names, logps))}, **hparams_of(kind))[0]
 
     inputs = tuple(t[n].clone().requires_grad_(True) for n in names)
     assert torch.autograd.gradcheck(f, inputs)
@@ -225,9 +232,9 @@ def test_paired_raising_chosen_logprob_lowers_loss(kind):
     Chosen and rejected start equal so hinge is active and IPO is below its target margin."""
     t = random_pairs(seed=1)
     t["policy_rejected"], t["ref_rejected"], t["rejected_len"] = t["policy_chosen"], t["ref_chosen"], t["chosen_len"]
-    base, _ = preference_loss(kind, **t, **HPARAMS)
-    up, _ = preference_loss(kind, **{**t, "policy_chosen": t["policy_chosen"] + 0.1}, **HPARAMS)
-    worse, _ = preference_loss(kind, **{**t, "policy_rejected": t["policy_rejected"] + 0.1}, **HPARAMS)
+    base, _ = preference_loss(kind, **t, **hparams_of(kind))
+    up, _ = preference_loss(kind, **{**t, "policy_chosen": t["policy_chosen"] + 0.1}, **hparams_of(kind))
+    worse, _ = preference_loss(kind, **{**t, "policy_rejected": t["policy_rejected"] + 0.1}, **hparams_of(kind))
     assert (up < base).all(), (kind, up, base)
     assert (worse > base).all(), (kind, worse, base)
 
@@ -240,15 +247,15 @@ def kto_inputs():
 
 def test_kto_gradcheck():
     t = kto_inputs()
-    f = lambda p, r: preference_loss("kto", policy_logps=p, ref_logps=r, labels=t["labels"], kl_estimate=0.3, **HPARAMS)[0]  # noqa: E731
+    f = lambda p, r: preference_loss("kto", policy_logps=p, ref_logps=r, labels=t["labels"], kl_estimate=0.3, **hparams_of("kto"))[0]  # noqa: E731
     assert torch.autograd.gradcheck(f, (t["policy_logps"].requires_grad_(), t["ref_logps"].requires_grad_()))
 
 
 def test_kto_raising_desirable_logprob_lowers_its_loss():
     """+0.1 on every log-prob, z0 fixed: desirable losses fall, undesirable ones rise."""
     t = kto_inputs()
-    base, _ = preference_loss("kto", **t, kl_estimate=0.3, **HPARAMS)
-    up, _ = preference_loss("kto", **{**t, "policy_logps": t["policy_logps"] + 0.1}, kl_estimate=0.3, **HPARAMS)
+    base, _ = preference_loss("kto", **t, kl_estimate=0.3, **hparams_of("kto"))
+    up, _ = preference_loss("kto", **{**t, "policy_logps": t["policy_logps"] + 0.1}, kl_estimate=0.3, **hparams_of("kto"))
     assert (up[t["labels"]] < base[t["labels"]]).all()
     assert (up[~t["labels"]] > base[~t["labels"]]).all()
 
@@ -260,7 +267,7 @@ def test_kto_batch_reference_point_carries_no_gradient():
     grads = []
     for kl in (None, z0.item()):
         p = t["policy_logps"].clone().requires_grad_()
-        preference_loss("kto", **{**t, "policy_logps": p}, kl_estimate=kl, **HPARAMS)[0].sum().backward()
+        preference_loss("kto", **{**t, "policy_logps": p}, kl_estimate=kl, **hparams_of("kto"))[0].sum().backward()
         grads.append(p.grad)
     assert torch.allclose(grads[0], grads[1])
 
@@ -270,7 +277,7 @@ def test_listwise_gradcheck_with_mask_and_property():
     policy = -5 * torch.rand(3, 4, generator=g, dtype=torch.float64)
     ref = -5 * torch.rand(3, 4, generator=g, dtype=torch.float64)
     mask = torch.tensor([[True] * 4, [True, True, True, False], [True, True, False, False]])
-    f = lambda p, r: preference_loss("listwise", policy_logps=p, ref_logps=r, mask=mask, **HPARAMS)[0]  # noqa: E731
+    f = lambda p, r: preference_loss("listwise", policy_logps=p, ref_logps=r, mask=mask, **hparams_of("listwise"))[0]  # noqa: E731
     assert torch.autograd.gradcheck(f, (policy.clone().requires_grad_(), ref.clone().requires_grad_()))
     base = f(policy, ref)
     raised = policy.clone()
@@ -292,13 +299,57 @@ def test_table_covers_every_member_and_specs():
 
 def test_dispatch_ignores_other_variants_arguments_but_rejects_typos_and_missing():
     t = pair()
-    assert abs(value("hinge", **t, **HPARAMS) - max(0.0, 1 - 0.3 * 2)) < 1e-6  # lengths, alpha, gamma... ignored
+    defaults = {"label_smoothing": 0.0, "alpha": 1.0, "gamma": 0.5, "desirable_weight": 1.0, "undesirable_weight": 1.0, "kl_estimate": None, "mask": None}
+    # lengths, and other variants' hyperparameters left at their defaults, are dropped
+    assert abs(value("hinge", **t, beta=0.3, **defaults) - max(0.0, 1 - 0.3 * 2)) < 1e-6
     with pytest.raises(TypeError, match="betta"):
         preference_loss("dpo", **t, betta=0.1)
     with pytest.raises(TypeError):
         preference_loss("dpo", policy_chosen=t["policy_chosen"], policy_rejected=t["policy_rejected"])
     with pytest.raises(ValueError):
         spec_of("not-a-loss")
+
+
+def test_hyperparameter_users_come_from_the_signatures():
+    """Who takes what, read off the table: label smoothing is cdpo's and robust's, alpha rpo's,
+    gamma simpo's, the weights kto's; beta every variant's."""
+    users = {k: sorted(v.value for v in kinds) for k, kinds in HYPERPARAMETER_USERS.items()}
+    assert users["label_smoothing"] == ["cdpo", "robust"]
+    assert users["alpha"] == ["rpo"] and users["gamma"] == ["simpo"] and users["desirable_weight"] == ["kto"]
+    assert set(HYPERPARAMETER_USERS["beta"]) == set(PreferenceLoss)
+    assert "chosen_len" not in HYPERPARAMETER_USERS  # a batch tensor, not a hyperparameter
+
+
+def _tensors_for(kind: str) -> dict:
+    data = PreferenceLoss(kind).data
+    if data == "unpaired":
+        return {"policy_logps": torch.zeros(2), "ref_logps": torch.zeros(2), "labels": torch.tensor([True, False])}
+    if data == "ranking":
+        return {"policy_logps": torch.zeros(2, 3), "ref_logps": torch.zeros(2, 3)}
+    return pair()
+
+
+@pytest.mark.parametrize(
+    ("kind", "key", "value", "users"),
+    [
+        ("ipo", "label_smoothing", 0.1, "cdpo, robust"),
+        ("dpo", "label_smoothing", 0.1, "cdpo, robust"),
+        ("dpo", "alpha", 0.5, "rpo"),
+        ("hinge", "gamma", 1.0, "simpo"),
+        ("orpo", "gamma_beta_ratio", 0.5, "simpo"),
+        ("rpo", "desirable_weight", 2.0, "kto"),
+        ("listwise", "kl_estimate", 0.3, "kto"),
+        ("kto", "mask", torch.ones(2, 2, dtype=torch.bool), "listwise"),
+    ],
+)
+def test_a_hyperparameter_the_variant_ignores_is_refused_when_set(kind, key, value, users):
+    """Each refusal path: another variant's keyword-only argument set away from its default (a
+    float, or any value where the default is None) is an error naming the key and its users; the
+    same key at its default passes."""
+    with pytest.raises(ValueError, match=f"{key}=.* is used only by {users}"):
+        preference_loss(kind, **_tensors_for(kind), **{key: value})
+    default = next(iter(HYPERPARAMETER_USERS[key].values()))
+    preference_loss(kind, **_tensors_for(kind), **{key: default})
 
 
 def test_enum_members_answer_the_trainers_questions():

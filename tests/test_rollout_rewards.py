@@ -83,6 +83,23 @@ def test_real_ensemble_and_reward_model_on_tiny_backbone(tmp_path):
     loaded = load_reward_source(str(tmp_path / "ens"), penalty=1.0)
     assert isinstance(loaded, EnsembleReward)
     torch.testing.assert_close(loaded.score(prompts, responses)["reward"], mean - std, atol=1e-5, rtol=0)
+    # A penalty on a single reward model would do nothing: refused, naming the setting.
+    with pytest.raises(ValueError, match=r"reward.uncertainty_penalty=1.0 applies only to a saved reward ensemble"):
+        load_reward_source(str(tmp_path / "rm"), penalty=1.0)
+
+
+def test_uncertainty_penalty_without_an_ensemble_is_refused(monkeypatch):
+    """vader and a Python function have no members to disagree: penalty set is an error, and so
+    through the online trainers' loader; penalty None (the default) passes."""
+    from tether.trainers.online import load_reward
+
+    module = types.ModuleType("tether_test_penalty_module")
+    module.shout = lambda prompt, response: 1.0
+    monkeypatch.setitem(sys.modules, "tether_test_penalty_module", module)
+    for spec in ("vader", "tether_test_penalty_module:shout"):
+        with pytest.raises(ValueError, match=f"reward.uncertainty_penalty=0.5 applies only to a saved reward ensemble directory, but the reward source '{spec}'"):
+            load_reward(spec, 0.5)
+        assert load_reward(spec, None).name in ("vader", "shout")
 
 
 def length_judge(prompts, a, b):

@@ -39,7 +39,6 @@ import json  # noqa: E402
 import math  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from tether.feedback.judges import PairJudge, both_orders  # noqa: E402
 from tether.feedback.simulated import SimulatedAnnotator, annotator_pool, label_samples, load_gold  # noqa: E402

@@ -113,7 +113,8 @@ def _with_cached_reference(examples, seed=1):
 
 
 def _objective(kind, pad_id, layout, reference=None):
-    cfg = load_config(DPOConfig, None, ["dpo.label_smoothing=0.1"]).dpo
+    # Label smoothing only where it means something: any other variant refuses it.
+    cfg = load_config(DPOConfig, None, ["dpo.label_smoothing=0.1"] if kind in ("cdpo", "robust") else []).dpo
     return PreferenceObjective(kind, loss_kwargs(cfg), reference, pad_id, layout, row_tokens=64, chunk_size=16)
 
 
@@ -260,10 +261,33 @@ def test_every_variant_trains_from_bundled_data_and_saves_a_transformers_model(k
     monkeypatch.setenv("TETHER_CACHE", str(shared_cache))
 
     out = tmp_path / kind
-    result = run_dpo(load_config(DPOConfig, None, [*_overrides(out, steps=2), "dpo.loss=" + kind, "dpo.label_smoothing=0.1", "data.eval_fraction=0.05"]))
+    smoothing = ["dpo.label_smoothing=0.1"] if kind in ("cdpo", "robust") else []  # the only variants that use it
+    result = run_dpo(load_config(DPOConfig, None, [*_overrides(out, steps=2), "dpo.loss=" + kind, *smoothing, "data.eval_fraction=0.05"]))
     assert result.steps == 2 and math.isfinite(result.train_metrics["loss"]) and result.eval_metrics
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_default_settings_pass_every_variant_and_a_foreign_one_is_refused_before_loading(tmp_path, monkeypatch, capsys):
+    """The config's defaults equal the loss functions' (no variant trips the check); a setting the
+    chosen loss ignores stops `tether dpo` with the config key and the losses that use it, before
+    any model is loaded."""
+    import tether.trainers.common as common
+    from tether.cli import main
+    from tether.trainers.dpo import check_loss_settings
+
+    for kind in PreferenceLoss:
+        check_loss_settings(load_config(DPOConfig, None, [f"dpo.loss={kind.value}"]).dpo)
+
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded before the settings were checked")
+
+    monkeypatch.setattr(common, "load_trainable_model", no_load)
+    assert main(["dpo", "--loss", "ipo", "dpo.label_smoothing=0.1", f"train.output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "dpo.label_smoothing=0.1 does nothing with dpo.loss=ipo; it is used by cdpo, robust" in err
+    assert main(["dpo", "dpo.rpo_alpha=0.5", f"train.output_dir={tmp_path}"]) == 2
+    assert "dpo.rpo_alpha=0.5 does nothing with dpo.loss=dpo; it is used by rpo" in capsys.readouterr().err
 
 
 def test_dpo_learns_the_toy_preferences(pref_file, tmp_path, cache_dir):
@@ -327,32 +351,75 @@ def test_adapter_reference_equals_base_model():
     assert (policy - base).abs().max() > 1e-3
 
 
-def test_cached_reference_hits_the_cache_the_second_time(pref_file, tmp_path, cache_dir, monkeypatch, capsys):
-    """First run: one reference pass, written to disk; its values equal a frozen copy's. Second run
-    (same model and data): loaded from the cache, no reference pass at all."""
+def _cached_entries(cache_dir) -> dict:
+    entries = {}
+    for shard in cache_dir.rglob("shard-*.pt"):
+        data = torch.load(shard, weights_only=True)
+        entries.update(zip(data["keys"], data["values"]))
+    return entries
+
+
+def test_cached_reference_is_lazy_persistent_and_equals_a_frozen_copy(pref_file, tmp_path, cache_dir, monkeypatch, capsys):
+    """Run 1 (one step of 4 pairs from 12): the cache gets exactly the 4 examples that step used.
+    Run 2 (same model and data, three steps: 12 pairs): reuses those 4 and computes only the other
+    8. Run 3 (the same three steps): computes nothing. Every cached value equals what a frozen
+    copy of the initial model gives (the eager pass of before computed the same numbers)."""
     import tether.trainers.reference as reference
-
-    run_dpo(load_config(DPOConfig, None, _overrides(tmp_path / "a", pref_file, steps=1)))
-    files = list(cache_dir.rglob("*.pt"))
-    assert len(files) == 1
-    cached = torch.load(files[0], weights_only=True)
-    assert "loaded from cache" not in capsys.readouterr().out
-
-    def no_pass(*a, **k):
-        raise AssertionError("the reference pass ran although the cache holds its result")
-
-    monkeypatch.setattr(reference, "compute_reference_logps", no_pass)
-    run_dpo(load_config(DPOConfig, None, _overrides(tmp_path / "b", pref_file, steps=1)))
-    assert "loaded from cache" in capsys.readouterr().out
-    assert list(cache_dir.rglob("*.pt")) == files
-
-    # The cached numbers are the reference's: a frozen copy of the initial model gives the same.
-    from tether.trainers.common import load_trainable_model
+    from tether.trainers.common import StepPlan, load_trainable_model
     from tether.trainers.prepare import prepare_data
 
+    computed = []
+    real = reference.compute_reference_logps
+
+    def counting(model, examples, *a, **k):
+        computed.extend(reference.example_key(e) for e in examples)
+        return real(model, examples, *a, **k)
+
+    monkeypatch.setattr(reference, "compute_reference_logps", counting)
     cfg = load_config(DPOConfig, None, _overrides(tmp_path / "c", pref_file))
     model, tok = load_trainable_model(cfg.model, cfg.lora, cfg.train.seed)
     data = prepare_data(tok, cfg.data.__class__(**{**cfg.data.__dict__, "path": str(pref_file)}), "preference", 0)
+    step_one = {reference.example_key(data.train[i]) for i in StepPlan(len(data.train), 4, 1.0, 1, cfg.train.seed).indices(0)}
+
+    run_dpo(load_config(DPOConfig, None, _overrides(tmp_path / "a", pref_file, steps=1)))
+    assert set(computed) == step_one and len(computed) == 4
+    assert set(_cached_entries(cache_dir)) == step_one
+    assert "this run uses 4 examples, 0 cached, computing 4" in capsys.readouterr().out
+
+    computed.clear()
+    run_dpo(load_config(DPOConfig, None, _overrides(tmp_path / "b", pref_file, steps=3)))
+    assert len(computed) == 8 and not set(computed) & step_one
+    assert "this run uses 12 examples, 4 cached, computing 8" in capsys.readouterr().out
+
+    computed.clear()
+    run_dpo(load_config(DPOConfig, None, _overrides(tmp_path / "b2", pref_file, steps=3)))
+    assert computed == []
+    assert "this run uses 12 examples, 12 cached, computing 0" in capsys.readouterr().out
+
+    # The cached numbers are the reference's: a frozen copy of the initial model gives the same.
+    entries = _cached_entries(cache_dir)
     batch = collate([e.sequences for e in data.train], tok.pad_token_id)
     copy = ReferencePolicy("copy", model, 16).logps(model, batch, data.train)
-    torch.testing.assert_close(torch.tensor([v for row in cached for v in row]), copy, rtol=1e-5, atol=1e-4)
+    cached = torch.tensor([v for e in data.train for v in entries[reference.example_key(e)]])
+    torch.testing.assert_close(cached, copy, rtol=1e-5, atol=1e-4)
+
+
+def test_reference_cache_writes_shards_atomically_and_merges_them(tmp_path, monkeypatch):
+    """Values are flushed every ``flush_every`` examples as they are made (each shard a complete
+    file), and past MAX_SHARDS files opening the cache merges them into one, losing nothing."""
+    import tether.trainers.reference as reference
+
+    monkeypatch.setenv("TETHER_CACHE", str(tmp_path))
+    model, tok = _tiny()
+    examples = _random_examples(7, 2, seed=9)
+    cache = reference.CachedReference(tok.pad_token_id, Layout.PADDED, 64, 16, micro_batch_size=1, progress=False, flush_every=2)
+    cache.prepare(model, examples)
+    shards = sorted(cache.directory.glob("shard-*.pt"))
+    assert len(shards) == 4 and not list(cache.directory.glob("*.tmp*"))  # 2 + 2 + 2 + 1
+    monkeypatch.setattr(reference.CachedReference, "MAX_SHARDS", 3)
+    again = reference.CachedReference(tok.pad_token_id, Layout.PADDED, 64, 16, 1, progress=False)
+    again.open(model)
+    assert len(list(again.directory.glob("shard-*.pt"))) == 1 and len(again.values) == 7
+    fresh = [reference.Example(list(e.sequences)) for e in examples]
+    again.prepare(model, fresh)
+    assert again.computed == 0 and [e.extra["ref_logps"] for e in fresh] == [e.extra["ref_logps"] for e in examples]

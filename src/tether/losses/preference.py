@@ -329,6 +329,47 @@ PREFERENCE_LOSSES: dict[PreferenceLoss, PreferenceSpec] = {
 _KNOWN_ARGUMENTS = frozenset(name for spec in PREFERENCE_LOSSES.values() for name in inspect.signature(spec.loss_fn).parameters)
 
 
+def _hyperparameter_users() -> dict[str, dict[PreferenceLoss, object]]:
+    """{hyperparameter: {variant that takes it: its default}}, read from the table's signatures.
+
+    Hyperparameters are the keyword-only arguments; the positional ones are tensors of the batch
+    (log-probs, lengths), which a trainer may hand every variant of a data layout.
+    """
+    users: dict[str, dict[PreferenceLoss, object]] = {}
+    for kind, spec in PREFERENCE_LOSSES.items():
+        for name, p in inspect.signature(spec.loss_fn).parameters.items():
+            if p.kind is inspect.Parameter.KEYWORD_ONLY:
+                users.setdefault(name, {})[kind] = p.default
+    return users
+
+
+HYPERPARAMETER_USERS = _hyperparameter_users()
+
+
+def _is_default(value: object, defaults: dict[PreferenceLoss, object]) -> bool:
+    """Whether ``value`` equals the default of every variant that takes the argument."""
+    for default in defaults.values():
+        if default is None or value is None:
+            if not (default is None and value is None):
+                return False
+        elif isinstance(value, torch.Tensor) or float(value) != float(default):
+            return False
+    return True
+
+
+def unused_hyperparameters(kind: PreferenceLoss | str, hparams: dict[str, object]) -> dict[str, list[str]]:
+    """{name: variants that use it} for every hyperparameter in ``hparams`` that variant ``kind``
+    does not take and that is set away from its default (so it would silently do nothing)."""
+    kind = PreferenceLoss(kind)
+    out = {}
+    for name, value in hparams.items():
+        users = HYPERPARAMETER_USERS.get(name)
+        if users is None or kind in users or _is_default(value, users):
+            continue
+        out[name] = [k.value for k in users]
+    return out
+
+
 def spec_of(kind: PreferenceLoss | str) -> PreferenceSpec:
     """The spec of a loss variant, by enum member or its string value."""
     return PREFERENCE_LOSSES[PreferenceLoss(kind)]
@@ -337,13 +378,20 @@ def spec_of(kind: PreferenceLoss | str) -> PreferenceSpec:
 def preference_loss(kind: PreferenceLoss | str, **tensors_and_hparams) -> tuple[torch.Tensor, Metrics]:
     """Compute the loss ``kind`` -> (losses [N], metrics).
 
-    Arguments any variant understands may be passed to all of them (a variant ignores the
-    ones it does not take, e.g. ``alpha`` for DPO or ``chosen_len`` for hinge); unknown names
-    raise ``TypeError``, and so do missing ones the variant needs.
+    Arguments any variant understands may be passed to all of them: a variant drops the batch
+    tensors it does not take (``chosen_len`` for hinge) and hyperparameters it does not take that
+    are left at their defaults (``alpha=1.0`` for DPO). A hyperparameter it does not take set to
+    anything else would be silently ignored, so it raises ``ValueError`` naming the key and the
+    variants that use it. Unknown names raise ``TypeError``, and so do missing ones the variant needs.
     """
     unknown = set(tensors_and_hparams) - _KNOWN_ARGUMENTS
     if unknown:
         raise TypeError(f"preference_loss: unknown argument(s) {sorted(unknown)}; known: {sorted(_KNOWN_ARGUMENTS)}")
+    ignored = unused_hyperparameters(kind, tensors_and_hparams)
+    if ignored:
+        shown = {name: "<tensor>" if isinstance(v, torch.Tensor) else repr(v) for name, v in tensors_and_hparams.items()}
+        said = "; ".join(f"{name}={shown[name]} is used only by {', '.join(users)}" for name, users in ignored.items())
+        raise ValueError(f"preference_loss: the {PreferenceLoss(kind).value} loss does not use {sorted(ignored)}: {said}")
     spec = spec_of(kind)
     accepted = inspect.signature(spec.loss_fn).parameters
     return spec.loss_fn(**{name: value for name, value in tensors_and_hparams.items() if name in accepted})

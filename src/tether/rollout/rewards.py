@@ -178,16 +178,27 @@ def load_reward_source(spec: str, **kw) -> RewardSource:
     """``"vader"``; ``"module:function"`` (a per-pair function, ``batched=True`` for a batched one, or
     a RewardSource object / class); or a directory holding a saved reward model or ensemble
     (``penalty=``, ``weights=``, ``batch_size=`` are passed on), or a saved pairwise preference model
-    (``PreferenceModelReward``: a reply's win probability against the other replies to its prompt)."""
+    (``PreferenceModelReward``: a reply's win probability against the other replies to its prompt).
+    ``penalty`` (the ensemble's mean − penalty·spread) with any source but an ensemble directory is
+    refused: it would do nothing."""
     from tether.models.preference import is_preference_model_dir
     from tether.models.reward import is_reward_model_dir
     from tether.models.reward_ensemble import is_ensemble_dir
 
+    path = Path(spec).expanduser()
+    ensemble = path.is_dir() and is_ensemble_dir(path)
+    if kw.get("penalty") is not None and not ensemble:
+        # Only an ensemble has a spread to penalise; anywhere else the setting would do nothing.
+        raise ValueError(
+            f"reward.uncertainty_penalty={kw['penalty']} applies only to a saved reward ensemble directory, "
+            f"but the reward source {spec!r} is not one; unset it or point the source at an ensemble"
+        )
+    if not ensemble:
+        kw.pop("penalty", None)  # None here: the sources below take no penalty
     if spec == "vader":
         return vader_reward()
-    path = Path(spec).expanduser()
     if path.is_dir():
-        if is_ensemble_dir(path):
+        if ensemble:
             return EnsembleReward(str(path), **kw)
         if is_reward_model_dir(path):
             return RewardModelReward(str(path), **kw)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from tether.trainers.progress import Progress, print_clean, warning_markup
 
 
 class NonFiniteLossError(RuntimeError):
@@ -129,23 +130,46 @@ def micro_batches(indices: list[int], micro_batch_size: int, lengths: list[int] 
 
 
 def rng_state() -> dict[str, Any]:
+    """Every RNG's state in types ``torch.load(weights_only=True)`` reads: no pickled objects."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     try:
         import numpy as np
 
-        state["numpy"] = np.random.get_state()
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
     except ImportError:
         pass
     return state
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     torch.set_rng_state(state["torch"])
     if "numpy" in state:
         import numpy as np
 
-        np.random.set_state(state["numpy"])
+        s = state["numpy"]
+        np.random.set_state((s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"]))
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint's state file holds something other than tensors and plain values."""
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's ``state.pt``, read with ``weights_only=True``: tensors, numbers, strings and
+    containers only. A file holding any other object (a pickle that could run code when loaded) is
+    refused without being executed."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"refusing to resume from {path}: it holds objects other than tensors and plain values, and loading them "
+            f"could run code (tether writes no such state; was the checkpoint made elsewhere?). torch said: {str(e).splitlines()[0]}"
+        ) from None
 
 
 class Checkpointer:
@@ -215,12 +239,17 @@ class Checkpointer:
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(weights[name])
-        state = torch.load(path / "state.pt", weights_only=False)
+        state = load_state(path / "state.pt")
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])
         restore_rng_state(state["rng"])
         return state["step"], state["extra"]
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint directory was written at, from its name (``step-NNNNNNN``)."""
+    return int(path.name.split("-")[-1])
 
 
 def open_checkpoints(output_dir: str | Path, resume: bool, keep: int = 2) -> tuple[Checkpointer, Path | None]:
@@ -244,7 +273,7 @@ def open_checkpoints(output_dir: str | Path, resume: bool, keep: int = 2) -> tup
 
 
 class RunLogger:
-    """Metrics to ``metrics.jsonl`` and TensorBoard, a rich progress bar, and a summary at the end."""
+    """Metrics to ``metrics.jsonl`` and TensorBoard, progress (a bar on a terminal, plain lines elsewhere), and a summary at the end."""
 
     def __init__(self, output_dir: str | Path, total_steps: int, start_step: int = 0, progress: bool = True, title: str = "train"):
         self.dir = Path(output_dir)
@@ -256,26 +285,11 @@ class RunLogger:
         self._tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.dir / "tensorboard"))
-        except Exception:  # tensorboard missing or broken: the JSONL log still has everything
-            self._tb = None
-        self._progress = None
-        if progress:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn(f"[bold]{title}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-            )
-            self._task = self._progress.add_task(title, total=total_steps, completed=start_step, rate="", info="")
-            self._progress.start()
+        except ImportError as e:  # tensorboard is a dependency; without it the JSONL log still has everything
+            print_clean(warning_markup(f"[warning] TensorBoard logging is off: {e} (install tensorboard to get it; metrics.jsonl has every metric)"))
+        else:
+            self._tb = SummaryWriter(str(self.dir / "tensorboard"))  # any failure to start it is an error
+        self._progress = Progress(title, total_steps, completed=start_step, enabled=progress, unit="steps")
 
     def log(self, step: int, metrics: dict[str, float], split: str = "train") -> None:
         record = {"step": step, "split": split, "time": round(time.time() - self.start_time, 3), **{k: float(v) for k, v in metrics.items()}}
@@ -287,24 +301,25 @@ class RunLogger:
                 self._tb.add_scalar(f"{split}/{k}", float(v), step)
 
     def advance(self, step: int, info: str = "", rate: str = "") -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, completed=step, info=info, rate=rate)
+        self._progress.update(step, info=info, rate=rate)
 
     def print(self, message: str) -> None:
-        if self._progress is not None:
-            self._progress.console.print(message)
-        else:
-            print(message, flush=True)
+        """``message`` (rich markup allowed): above the bar on a terminal, plain text elsewhere."""
+        self._progress.print(message)
+
+    def warn(self, message: str) -> None:
+        """``message`` highlighted as a warning on a terminal, as it is (brackets kept) elsewhere."""
+        self._progress.print(warning_markup(message))
 
     def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        self._progress.close()
         if self._tb is not None:
             self._tb.close()
         self.jsonl.close()
 
-    def summary(self, title: str, rows: dict[str, Any]) -> None:
+    def summary(self, title: str, rows: dict[str, Any], notes: dict[str, Any] | None = None) -> None:
+        """Print ``rows`` as a table and write them, with ``notes`` (longer entries such as the data
+        report, already printed when they happened), to ``summary.json``."""
         from rich.console import Console
         from rich.table import Table
 
@@ -312,7 +327,7 @@ class RunLogger:
         for k, v in rows.items():
             table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
         Console().print(table)
-        (self.dir / "summary.json").write_text(json.dumps({k: v for k, v in rows.items()}, indent=2, default=str))
+        (self.dir / "summary.json").write_text(json.dumps({**rows, **(notes or {})}, indent=2, default=str))
 
 
 def load_trainable_model(model_cfg, lora_cfg, seed: int = 0):

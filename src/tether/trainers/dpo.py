@@ -20,7 +20,12 @@ import torch
 from tether.config import DPOConfig, PreferenceConfig, save_yaml
 from tether.data.layouts import Layout, collate_layout, resolve_layout
 from tether.trainers.offline import Example, FitResult, fit
-from tether.trainers.reference import ReferencePolicy, attach_cached_reference, resolve_mode, sequence_logps
+from tether.trainers.reference import (
+    CachedReference,
+    ReferencePolicy,
+    resolve_mode,
+    sequence_logps,
+)
 
 # Which records each data layout reads, and the bundled set a run reads when data.path is 'auto'.
 DATA_KIND = {"paired": "preference", "unpaired": "unpaired", "ranking": "ranking"}
@@ -51,16 +56,32 @@ def add_mismatched_completions(examples: list[Example], seed: int, max_length: i
         examples[i].sequences = [(ids, prompt_len), (spliced, prompt_len)]
 
 
+# Loss-function argument -> its key in the ``dpo`` config section.
+CONFIG_KEYS = {
+    "beta": "beta",
+    "label_smoothing": "label_smoothing",
+    "gamma": "simpo_gamma",
+    "alpha": "rpo_alpha",
+    "desirable_weight": "kto_desirable_weight",
+    "undesirable_weight": "kto_undesirable_weight",
+}
+
+
 def loss_kwargs(cfg: PreferenceConfig) -> dict[str, float]:
     """Hyperparameters from the config, by the names the loss functions take."""
-    return {
-        "beta": cfg.beta,
-        "label_smoothing": cfg.label_smoothing,
-        "gamma": cfg.simpo_gamma,
-        "alpha": cfg.rpo_alpha,
-        "desirable_weight": cfg.kto_desirable_weight,
-        "undesirable_weight": cfg.kto_undesirable_weight,
-    }
+    return {arg: getattr(cfg, key) for arg, key in CONFIG_KEYS.items()}
+
+
+def check_loss_settings(cfg: PreferenceConfig) -> None:
+    """Refuse a ``dpo.*`` hyperparameter set away from its default for a loss that ignores it,
+    naming the key and the losses that use it (before any model is loaded)."""
+    from tether.config import ConfigError
+    from tether.losses.preference import unused_hyperparameters
+
+    ignored = unused_hyperparameters(cfg.loss, loss_kwargs(cfg))
+    if ignored:
+        lines = [f"dpo.{CONFIG_KEYS[arg]}={getattr(cfg, CONFIG_KEYS[arg])} does nothing with dpo.loss={cfg.loss}; it is used by {', '.join(users)}" for arg, users in ignored.items()]
+        raise ConfigError("; ".join(lines) + " (leave it at its default, or pick a loss that uses it)")
 
 
 @dataclass
@@ -81,6 +102,11 @@ class PreferenceObjective:
 
     def units(self, examples: list[Example]) -> float:
         return float(len(examples))
+
+    def prepare(self, model: torch.nn.Module, examples: list[Example]) -> None:
+        """Called by the loop before training: a cached reference computes what it lacks."""
+        if self.reference is not None:
+            self.reference.prepare(model, examples)
 
     def loss(self, model: torch.nn.Module, examples: list[Example]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # Rankings may hold different numbers of completions; each size is its own forward pass.
@@ -145,12 +171,10 @@ def build_objective(cfg: DPOConfig, model, tokenizer, data) -> PreferenceObjecti
     layout = resolve_layout(cfg.dpo.share_prompt, cfg.data.pack)
     if spec.needs_reference:
         mode = resolve_mode(cfg.dpo.reference, cfg.lora.enabled)
-        if mode == "cached":
-            path = attach_cached_reference(
-                model, {"train": data.train, "eval": data.eval}, tokenizer.pad_token_id, layout, cfg.data.max_length, cfg.model.chunk_size, cfg.train.micro_batch_size
-            )
-            print(f"reference log-probabilities cached at {path}")
-        reference = ReferencePolicy(mode, model, cfg.model.chunk_size)
+        cache = None
+        if mode == "cached":  # filled by prepare() with what the run uses (see tether.trainers.reference)
+            cache = CachedReference(tokenizer.pad_token_id, layout, cfg.data.max_length, cfg.model.chunk_size, cfg.train.micro_batch_size, progress=cfg.train.progress)
+        reference = ReferencePolicy(mode, model, cfg.model.chunk_size, cache)
     return PreferenceObjective(cfg.dpo.loss, loss_kwargs(cfg.dpo), reference, tokenizer.pad_token_id, layout, cfg.data.max_length, cfg.model.chunk_size)
 
 
@@ -162,6 +186,7 @@ def run_dpo(cfg: DPOConfig) -> FitResult:
     from tether.trainers.prepare import prepare_data
     from tether.trainers.sft import sample_completions
 
+    check_loss_settings(cfg.dpo)
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
@@ -176,7 +201,7 @@ def run_dpo(cfg: DPOConfig) -> FitResult:
         add_mismatched_completions(data.train, cfg.train.seed, cfg.data.max_length)
         add_mismatched_completions(data.eval, cfg.train.seed + 1, cfg.data.max_length)
     objective = build_objective(cfg, model, tokenizer, data)
-    result = fit(model, objective, data.train, data.eval, cfg.train, title=cfg.dpo.loss)
+    result = fit(model, objective, data.train, data.eval, cfg.train, title=cfg.dpo.loss, report=data.report)
     save_model(model, tokenizer, out / "model")
     print(f"saved model to {out / 'model'}")
     if cfg.train.sample_prompts:

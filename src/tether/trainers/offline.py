@@ -20,6 +20,7 @@ from tether.trainers.common import (
     StepPlan,
     build_optimizer,
     build_scheduler,
+    checkpoint_step,
     configure_threads,
     ensure_finite,
     micro_batches,
@@ -42,6 +43,11 @@ class Example:
 
 
 class Objective(Protocol):
+    """What the loop asks of a training objective. An objective may also define
+    ``prepare(model, examples)``: called once, before any step or checkpoint changes the weights,
+    with every example the run will use in the order it uses them (a cached reference fills in
+    what it lacks there)."""
+
     def units(self, examples: list[Example]) -> float:
         """How many units (tokens, pairs, ...) the step's loss is the mean over."""
 
@@ -79,6 +85,15 @@ def evaluate(model: torch.nn.Module, objective: Objective, examples: list[Exampl
     return {k: v / max(units, 1e-12) for k, v in sums.items()}
 
 
+def bound_evaluation(eval_examples: list[Example], limit: int | None, seed: int) -> tuple[list[Example], str | None]:
+    """At most ``limit`` of ``eval_examples``: a seeded subset kept in file order, and the line that
+    says so (None when every example is used)."""
+    if limit is None or len(eval_examples) <= limit:
+        return eval_examples, None
+    keep = sorted(torch.randperm(len(eval_examples), generator=torch.Generator().manual_seed(seed))[:limit].tolist())
+    return [eval_examples[i] for i in keep], f"evaluation: {limit} of {len(eval_examples)} held-out examples (train.eval_examples={limit}; null evaluates all)"
+
+
 def fit(
     model: torch.nn.Module,
     objective: Objective,
@@ -86,18 +101,30 @@ def fit(
     eval_examples: list[Example],
     cfg: TrainConfig,
     title: str = "train",
+    report: list[str] | None = None,
 ) -> FitResult:
-    """Train ``model`` on ``train`` with ``objective``; checkpoints, exact resume, logs, evaluation."""
+    """Train ``model`` on ``train`` with ``objective``; checkpoints, exact resume, logs, evaluation.
+
+    ``report``: the data preparation's lines (already printed), kept in ``summary.json``."""
     configure_threads(cfg.threads)
     set_seed(cfg.seed)
+    report = list(report or [])
     plan = StepPlan(len(train), cfg.batch_size, cfg.epochs, cfg.max_steps, cfg.seed)
+    eval_examples, bounded = bound_evaluation(eval_examples, cfg.eval_examples, cfg.seed)
+    if bounded:
+        print(bounded)
+        report.append(bounded)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, plan.total_steps, cfg)
     checkpoints, latest = open_checkpoints(cfg.output_dir, cfg.resume, cfg.keep_checkpoints)
     params = list(trainable_parameters(model).values())
     lengths = [e.num_tokens for e in train]
 
-    start_step = 0
+    start_step = checkpoint_step(latest) if latest is not None else 0
+    prepare = getattr(objective, "prepare", None)
+    if prepare is not None:  # before the checkpoint's weights are loaded: the model is still the initial one
+        steps_left = [train[i] for step in range(start_step, plan.total_steps) for i in plan.indices(step)]
+        prepare(model, steps_left + eval_examples)
     if latest is not None:
         start_step, _ = checkpoints.load(latest, model, optimizer, scheduler)
 
@@ -163,5 +190,5 @@ def fit(
         rows["tokens/s"] = round(tokens_seen / max(seconds, 1e-9), 1)
     rows.update({f"train {k}": v for k, v in last_train.items() if k in ("loss", "accuracy", "margin")})
     rows.update({f"eval {k}": v for k, v in last_eval.items()})
-    logger.summary(f"{title} summary", rows)
+    logger.summary(f"{title} summary", rows, {"data report": report} if report else None)
     return result

@@ -60,16 +60,13 @@ def load_and_split(cfg: DataConfig, kind: str, seed: int, eval_kind: str | None 
     loaded = load_records(cfg.path, kind=kind, on_error=cfg.on_error, split=cfg.split, score_key=cfg.score_key)
     records, tie_report = resolve_ties(list(loaded.records), cfg.ties, cfg.path)
     report += tie_report
-    if loaded.skipped:
-        report.append(f"{cfg.path}: skipped {len(loaded.skipped)} malformed rows (data.on_error=skip):")
-        report += [f"  {err}" for err in loaded.skipped[:10]]
-        if len(loaded.skipped) > 10:
-            report.append(f"  ... and {len(loaded.skipped) - 10} more")
+    _report_skipped(cfg.path, loaded.skipped, report)
     if cfg.eval_path:
         eval_loaded = load_records(cfg.eval_path, kind=eval_kind or kind, on_error=cfg.on_error, split=cfg.split, score_key=cfg.score_key)
         eval_records, tie_report = resolve_ties(list(eval_loaded.records), cfg.ties, cfg.eval_path)
         report += tie_report
-    elif cfg.eval_fraction > 0 and len(records) >= 10:
+        _report_skipped(cfg.eval_path, eval_loaded.skipped, report)
+    elif cfg.eval_fraction > 0 and len(records) >= MIN_RECORDS_TO_HOLD_OUT:
         order = list(range(len(records)))
         random.Random(seed).shuffle(order)
         n_eval = max(1, int(round(cfg.eval_fraction * len(records))))
@@ -78,6 +75,11 @@ def load_and_split(cfg: DataConfig, kind: str, seed: int, eval_kind: str | None 
         records = [r for i, r in enumerate(records) if i not in held]
     else:
         eval_records = []
+        if cfg.eval_fraction > 0:
+            report.append(
+                f"eval: skipped: {cfg.path} has {len(records)} records, fewer than the {MIN_RECORDS_TO_HOLD_OUT} needed to hold "
+                f"out data.eval_fraction={cfg.eval_fraction}; every record trains (set data.eval_path to evaluate)"
+            )
     return records, eval_records, report
 
 
@@ -89,3 +91,17 @@ def prepare_data(tokenizer, cfg: DataConfig, kind: str, seed: int, eval_kind: st
     train = _encode(tokenizer, records, cfg, "train", report)
     evaluation = _encode(tokenizer, eval_records, cfg, "eval", report) if eval_records else []
     return PreparedData(train, evaluation, report)
+
+
+# Below this many records no evaluation split is held out: it would be one or two examples.
+MIN_RECORDS_TO_HOLD_OUT = 10
+
+
+def _report_skipped(path: str, skipped: list, report: list[str]) -> None:
+    """Report lines for the malformed rows of one file that data.on_error=skip passed over."""
+    if not skipped:
+        return
+    report.append(f"{path}: skipped {len(skipped)} malformed rows (data.on_error=skip):")
+    report += [f"  {err}" for err in skipped[:10]]
+    if len(skipped) > 10:
+        report.append(f"  ... and {len(skipped) - 10} more")

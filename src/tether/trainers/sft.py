@@ -78,7 +78,7 @@ def run_sft(cfg: SFTConfig) -> FitResult:
     for line in data.report:
         print(line)
     objective = SFTObjective(tokenizer.pad_token_id, cfg.data.pack, cfg.data.max_length, cfg.model.chunk_size)
-    result = fit(model, objective, data.train, data.eval, cfg.train, title="sft")
+    result = fit(model, objective, data.train, data.eval, cfg.train, title="sft", report=data.report)
     save_model(model, tokenizer, out / "model")
     print(f"saved model to {out / 'model'}")
     if cfg.train.sample_prompts:

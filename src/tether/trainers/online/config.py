@@ -72,7 +72,7 @@ class KLConfig:
     adaptive: bool = opt(False, "Steer beta towards kl.target with a proportional controller (Ziegler et al. 2019); off: beta stays fixed.")
     target: float = opt(6.0, "Adaptive controller: target KL per response (summed over tokens), in nats.")
     horizon: float = opt(10000.0, "Adaptive controller: responses over which beta may change by a factor of about e^0.2.")
-    reference: Literal["auto", "copy", "adapter"] = opt("auto", "Reference policy: the base model with LoRA adapters off, or a frozen copy. auto: adapter with LoRA, copy otherwise.")
+    reference: Literal["auto", "copy", "adapter"] = opt("auto", "Reference policy: the base model with LoRA adapters off, or a frozen copy. auto: adapter with LoRA, copy otherwise (online samples are new every step, so nothing is cached; see tether.trainers.reference.resolve_mode).")
 
 
 def group_train_defaults(output_dir: str):

@@ -1,40 +1,26 @@
-"""The reference policy of online RL, and whether a run needs one (moved unchanged from trainers/online.py)."""
+"""The reference policy of online RL (the shared ``trainers.reference.Reference`` over sampled
+responses), and whether a run needs one."""
 
 from __future__ import annotations
-
-from contextlib import nullcontext
 
 import torch
 
 from tether.trainers.online.batch import ResponseBatch, response_hidden, response_logprobs
 from tether.trainers.online.config import KLConfig
+from tether.trainers.reference import Reference as SharedReference
 
 
-class Reference:
-    """Per-token reference log-probabilities: the policy with adapters off, or a frozen copy."""
+class Reference(SharedReference):
+    """Per-token reference log-probabilities of sampled responses; the policy (mode, copy or
+    adapters off, and what ``auto`` means) is ``tether.trainers.reference.Reference``'s."""
 
     def __init__(self, mode: str, model, lora_enabled: bool):
-        if mode == "auto":
-            mode = "adapter" if lora_enabled else "copy"
-        if mode == "adapter" and not lora_enabled:
-            raise ValueError("kl.reference=adapter needs lora.enabled=true (the reference is the model with its adapters off)")
-        self.mode = mode
-        self.frozen = None
-        if mode == "copy":
-            import copy
-
-            self.frozen = copy.deepcopy(model).eval().requires_grad_(False)
+        super().__init__(mode, model, lora_enabled, fresh_samples=True)
 
     @torch.no_grad()
     def logprobs(self, model, batch: ResponseBatch, temperature: float, chunk_size: int) -> torch.Tensor:
-        from tether.models import disabled_adapter
-
-        target = self.frozen if self.frozen is not None else model
-        was_training = model.training
-        model.eval()
-        with disabled_adapter(model) if self.frozen is None else nullcontext():
-            lp, _ = response_logprobs(target, response_hidden(target, batch), batch, temperature, chunk_size)  # [B, Tr]
-        model.train(was_training)
+        with self.network(model) as net:
+            lp, _ = response_logprobs(net, response_hidden(net, batch), batch, temperature, chunk_size)  # [B, Tr]
         return lp
 
 

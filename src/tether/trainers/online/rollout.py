@@ -8,7 +8,6 @@ each from the policy, and the reward source's scores. Nothing here knows an algo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -63,8 +62,7 @@ def sample_responses(model, tokenizer, prompts: list[list[dict]], group_size: in
 def load_reward(spec: str, penalty: float | None = None):
     from tether.rollout.rewards import load_reward_source
 
-    kw = {"penalty": penalty} if penalty is not None and Path(spec).expanduser().is_dir() else {}
-    return load_reward_source(spec, **kw)
+    return load_reward_source(spec, penalty=penalty)  # a penalty on a source that is no ensemble is refused there
 
 
 def score(source, prompts: list[list[dict]], texts: list[str], group_size: int, clip: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:

@@ -77,7 +77,7 @@ def evaluate_held_out(model, tokenizer, prompts, source, gold, params, samples: 
 
 def print_monitor_warnings(logger, warnings) -> None:
     for w in warnings:
-        logger.print(f"[bold yellow]{w.line()}[/]")
+        logger.warn(w.line())
 
 
 def checkpoint_extra(kl_ctl, monitors, history: dict[str, list[float]], before: dict | None) -> dict:
