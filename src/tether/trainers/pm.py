@@ -171,7 +171,7 @@ def run_pm_train(cfg: PMConfig):
     objective = PreferenceObjective(tokenizer.pad_token_id, layout, cfg.data.max_length)
     torch.manual_seed(cfg.train.seed)
     model = PreferenceModel(backbone, tokenizer, max_length=cfg.data.max_length)
-    result = fit(model, objective, train, held, cfg.train, title="pm")
+    result = fit(model, objective, train, held, cfg.train, title="pm", report=report)
     model.save_pretrained(out / "model")
     print(f"saved preference model to {out / 'model'}")
     if held:

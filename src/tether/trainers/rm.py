@@ -291,7 +291,7 @@ def run_rm_train(cfg: RMConfig):
 
         torch.manual_seed(cfg.train.seed)
         model = RewardModel(backbone, tokenizer, cfg.rm.objectives, _weights(cfg), cfg.data.max_length, pooling=cfg.rm.pooling)
-        results = [fit(model, objective, data.train, data.eval, cfg.train, title="rm")]
+        results = [fit(model, objective, data.train, data.eval, cfg.train, title="rm", report=data.report)]
         trained = model
     else:
         from tether.models.lora import lora_arguments
@@ -303,7 +303,7 @@ def run_rm_train(cfg: RMConfig):
             member = trained.trainable_member(k)
             member_train = bootstrap_sample(data.train, cfg.train.seed + 1000 * (k + 1)) if cfg.rm.bootstrap else data.train
             member_cfg = replace(cfg.train, output_dir=str(out / f"member-{k}"), seed=cfg.train.seed + k)
-            results.append(fit(member, objective, member_train, data.eval, member_cfg, title=f"rm member {k + 1}/{size}"))
+            results.append(fit(member, objective, member_train, data.eval, member_cfg, title=f"rm member {k + 1}/{size}", report=data.report))
         trained.requires_grad_(False)
     trained.save_pretrained(out / "model")
     print(f"saved reward model to {out / 'model'}")
