@@ -16,14 +16,12 @@ import torch
 
 from tether.config import TrainConfig
 from tether.trainers.common import (
-    RunLogger,
     StepPlan,
     build_optimizer,
     build_scheduler,
     configure_threads,
     ensure_finite,
     micro_batches,
-    open_checkpoints,
     set_seed,
     trainable_parameters,
 )
@@ -59,24 +57,34 @@ class FitResult:
 
 
 def evaluate(model: torch.nn.Module, objective: Objective, examples: list[Example], micro_batch_size: int) -> dict[str, float]:
-    """Unit-weighted means of the loss and metrics over ``examples``."""
+    """Unit-weighted means of the loss and metrics over ``examples``; each process scores its share
+    (``parallel.shard``) and the sums are added over processes once at the end."""
+    from tether import parallel
+
     if not examples:
         return {}
     was_training = model.training
     model.eval()
-    sums: dict[str, float] = {}
-    units = 0.0
+    share = parallel.shard(examples)
+    sums: dict[str, torch.Tensor | float] = {"units": float(objective.units(share)) if share else 0.0}
     with torch.no_grad():
-        lengths = [e.num_tokens for e in examples]
-        for mb in micro_batches(list(range(len(examples))), micro_batch_size, lengths):
-            batch = [examples[i] for i in mb]
-            loss_sum, metric_sums = objective.loss(model, batch)
-            units += objective.units(batch)
-            sums["loss"] = sums.get("loss", 0.0) + float(loss_sum)
-            for k, v in metric_sums.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+        lengths = [e.num_tokens for e in share]
+        for mb in micro_batches(list(range(len(share))), micro_batch_size, lengths):
+            batch = [share[i] for i in mb]
+            with parallel.autocast():
+                loss_sum, metric_sums = objective.loss(model, batch)
+            add_sums(sums, loss_sum, metric_sums)
     model.train(was_training)
-    return {k: v / max(units, 1e-12) for k, v in sums.items()}
+    totals = parallel.sum_metrics(sums)
+    units = totals.pop("units")
+    return {k: v / max(units, 1e-12) for k, v in totals.items()}
+
+
+def add_sums(sums: dict, loss_sum: torch.Tensor, metric_sums: dict) -> None:
+    """Accumulate a micro-batch's summed loss and metrics without leaving the device (no host sync)."""
+    sums["loss"] = sums.get("loss", 0.0) + loss_sum.detach().float()
+    for k, v in metric_sums.items():
+        sums[k] = sums.get(k, 0.0) + (v.detach().float() if isinstance(v, torch.Tensor) else v)
 
 
 def fit(
@@ -88,12 +96,16 @@ def fit(
     title: str = "train",
 ) -> FitResult:
     """Train ``model`` on ``train`` with ``objective``; checkpoints, exact resume, logs, evaluation."""
+    from tether import parallel
+    from tether.trainers.distributed import check_mode, open_logger, open_run_checkpoints, save_checkpoint, sync_gradients
+
     configure_threads(cfg.threads)
     set_seed(cfg.seed)
+    check_mode(cfg.distributed, cfg.batch_size, "train.batch_size")
     plan = StepPlan(len(train), cfg.batch_size, cfg.epochs, cfg.max_steps, cfg.seed)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, plan.total_steps, cfg)
-    checkpoints, latest = open_checkpoints(cfg.output_dir, cfg.resume, cfg.keep_checkpoints)
+    checkpoints, latest = open_run_checkpoints(cfg.output_dir, cfg.resume, cfg.keep_checkpoints)
     params = list(trainable_parameters(model).values())
     lengths = [e.num_tokens for e in train]
 
@@ -101,7 +113,7 @@ def fit(
     if latest is not None:
         start_step, _ = checkpoints.load(latest, model, optimizer, scheduler)
 
-    logger = RunLogger(cfg.output_dir, plan.total_steps, start_step, progress=cfg.progress, title=title)
+    logger = open_logger(cfg.output_dir, plan.total_steps, start_step, cfg.progress, title)
     model.train()
     started = time.time()
     tokens_seen = 0
@@ -111,24 +123,27 @@ def fit(
         for step in range(start_step, plan.total_steps):
             step_start = time.time()
             indices = plan.indices(step)
-            step_examples = [train[i] for i in indices]
-            total_units = objective.units(step_examples)
-            sums: dict[str, float] = {}
-            step_tokens = 0
-            for mb in micro_batches(indices, cfg.micro_batch_size, lengths):
+            # The normaliser is the *global* batch's unit count (every process holds the whole data
+            # set, so it is counted here without communication); each process trains its share.
+            total_units = objective.units([train[i] for i in indices])
+            sums: dict[str, torch.Tensor | float] = {"tokens": 0.0}
+            for mb in micro_batches(parallel.shard(indices), cfg.micro_batch_size, lengths):
                 batch = [train[i] for i in mb]
-                loss_sum, metric_sums = objective.loss(model, batch)
+                with parallel.autocast():
+                    loss_sum, metric_sums = objective.loss(model, batch)
                 (loss_sum / total_units).backward()
-                sums["loss"] = sums.get("loss", 0.0) + float(loss_sum.detach())
-                for k, v in metric_sums.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                step_tokens += sum(e.num_tokens for e in batch)
-            metrics = {k: v / total_units for k, v in sums.items()}
+                add_sums(sums, loss_sum, metric_sums)
+                sums["tokens"] += sum(e.num_tokens for e in batch)
+            sync_gradients(params)
+            totals = parallel.sum_metrics(sums)  # the step's one host sync for metrics
+            step_tokens = int(totals.pop("tokens"))
+            metrics = {k: v / total_units for k, v in totals.items()}
             ensure_finite(metrics["loss"], step + 1)
             if cfg.max_grad_norm > 0:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             else:
                 grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            grad_norm = float(grad_norm)
             ensure_finite(grad_norm, step + 1, "gradient norm")
             metrics["lr"] = optimizer.param_groups[0]["lr"]
             optimizer.step()
@@ -137,7 +152,7 @@ def fit(
 
             elapsed = time.time() - step_start
             tokens_seen += step_tokens
-            metrics.update(grad_norm=float(grad_norm), tokens_per_second=step_tokens / max(elapsed, 1e-9), epoch=plan.epoch_at(step + 1))
+            metrics.update(grad_norm=grad_norm, tokens_per_second=step_tokens / max(elapsed, 1e-9), epoch=plan.epoch_at(step + 1))
             last_train = metrics
             done = step + 1
             if done % cfg.log_every == 0 or done == plan.total_steps:
@@ -148,12 +163,12 @@ def fit(
                 logger.log(done, last_eval, split="eval")
                 logger.print(f"step {done}: eval loss {last_eval['loss']:.4f}")
             if cfg.save_every and done % cfg.save_every == 0 and done < plan.total_steps:
-                checkpoints.save(done, model, optimizer, scheduler)
+                save_checkpoint(checkpoints, done, model, optimizer, scheduler)
         if eval_examples:
             last_eval = evaluate(model, objective, eval_examples, cfg.micro_batch_size)
             logger.log(plan.total_steps, last_eval, split="eval")
         if start_step < plan.total_steps:
-            checkpoints.save(plan.total_steps, model, optimizer, scheduler)
+            save_checkpoint(checkpoints, plan.total_steps, model, optimizer, scheduler)
     finally:
         logger.close()
     seconds = time.time() - started

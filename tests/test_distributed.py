@@ -1,0 +1,122 @@
+"""Data-parallel training on the CPU (gloo): 2 processes under torchrun equal 1 process.
+
+Each command runs twice on the same global batches: once in this process (a world of one), once
+as ``torchrun --nproc-per-node 2`` where each process takes half of every global batch. The loss
+is divided by the *global* unit count and the gradients are summed over processes, so the logged
+loss, the gradient norm (measured before clipping, after the gradients are summed), the held-out
+loss and the weights after the run must agree to float32 rounding (the two runs add the same
+numbers in a different order). The micro-batch sizes differ on purpose: 1 process accumulates
+2 micro-batches of 2, each of the 2 processes 2 micro-batches of 1.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tether.config import DPOConfig, SFTConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ["apple", "river", "stone", "cloud", "maple", "ember", "frost", "grain", "harbor", "island", "jade", "kettle"]
+
+
+def torchrun(command: list[str], overrides: list[str], cache: Path, nproc: int = 2) -> None:
+    """``python -m torch.distributed.run --standalone --nproc-per-node N -m tether.cli <command> <overrides>``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "TETHER_CACHE": str(cache)}
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), "-m", "tether.cli", *command, *overrides]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+def records(out: Path, split: str) -> list[dict]:
+    return [r for r in map(json.loads, open(out / "metrics.jsonl")) if r["split"] == split]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def assert_same_run(one: Path, two: Path, model_file: str, keys=("loss", "grad_norm")) -> None:
+    a, b = records(one, "train"), records(two, "train")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for k in keys:
+            assert rb[k] == pytest.approx(ra[k], rel=2e-5, abs=1e-7), (ra["step"], k, ra[k], rb[k])
+    ea, eb = records(one, "eval"), records(two, "eval")
+    assert len(ea) == len(eb)
+    for ra, rb in zip(ea, eb):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=2e-5), ("eval", ra, rb)
+    wa, wb = weights(one / "model" / model_file), weights(two / "model" / model_file)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        # AdamW's first steps move each weight by about lr·g/(|g| + eps): where a gradient entry is
+        # within rounding of 0 that ratio is ill-conditioned, so a few entries may differ by up to
+        # ~1e-3·lr; a wrong normaliser or a missing gradient sum would move whole tensors by ~lr.
+        torch.testing.assert_close(wb[name], wa[name], rtol=1e-5, atol=1e-5, msg=name)
+    assert not (two / "rank1").exists()  # nothing but rank 0 writes
+
+
+def base_overrides(out: Path, micro: int, **extra) -> list[str]:
+    base = {
+        "model.name_or_path": "tiny",
+        "train.output_dir": str(out),
+        "train.max_steps": "2",
+        "train.batch_size": "4",
+        "train.micro_batch_size": str(micro),
+        "train.lr": "3e-3",
+        "train.warmup_ratio": "0",
+        "train.progress": "false",
+        "train.threads": "1",
+        "train.save_every": "0",
+        "data.eval_fraction": "0.25",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def test_sft_two_processes_equal_one(demo_file, tmp_path, monkeypatch):
+    """SFT: the normaliser is the global batch's completion tokens, which differ between the two
+    processes' shares, so a per-process mean would not match; the global one must."""
+    from tether.trainers.sft import run_sft
+
+    monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
+    extra = {"data.path": str(demo_file), "train.sample_prompts": "[]"}
+    run_sft(load_config(SFTConfig, None, base_overrides(tmp_path / "one", 2, **extra)))
+    torchrun(["sft"], base_overrides(tmp_path / "two", 1, **extra), tmp_path / "cache")
+    assert_same_run(tmp_path / "one", tmp_path / "two", "model.safetensors")
+
+
+def test_dpo_two_processes_equal_one(tmp_path, monkeypatch):
+    """DPO with a cached reference (each process computes the reference pass; same numbers)."""
+    from tether.trainers.dpo import run_dpo
+
+    data = tmp_path / "pairs.jsonl"
+    with open(data, "w") as f:
+        for w in WORDS:
+            f.write(json.dumps({"prompt": f"Spell {w}", "chosen": " ".join(w.upper()), "rejected": "no no no"}) + "\n")
+    monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
+    extra = {"data.path": str(data), "train.sample_prompts": "[]", "dpo.beta": "0.5"}
+    run_dpo(load_config(DPOConfig, None, base_overrides(tmp_path / "one", 2, **extra)))
+    torchrun(["dpo"], base_overrides(tmp_path / "two", 1, **extra), tmp_path / "cache")
+    assert_same_run(tmp_path / "one", tmp_path / "two", "model.safetensors", keys=("loss", "grad_norm", "rewards/accuracy", "rewards/margin", "kl"))
+
+
+def test_reward_model_two_processes_equal_one(tmp_path, monkeypatch):
+    from tether.trainers.rm import RMConfig, run_rm_train
+
+    data = tmp_path / "pairs.jsonl"
+    with open(data, "w") as f:
+        for i, w in enumerate(WORDS * 2):
+            f.write(json.dumps({"prompt": f"Rate the {w} #{i}", "chosen": f"The {w} is good.", "rejected": f"The {w} is poor."}) + "\n")
+    monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
+    extra = {"data.path": str(data)}
+    run_rm_train(load_config(RMConfig, None, base_overrides(tmp_path / "one", 2, **extra)))
+    torchrun(["rm", "train"], base_overrides(tmp_path / "two", 1, **extra), tmp_path / "cache")
+    model_file = next(p.name for p in (tmp_path / "one" / "model").glob("*.safetensors"))
+    assert_same_run(tmp_path / "one", tmp_path / "two", model_file)
