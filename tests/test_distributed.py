@@ -120,3 +120,80 @@ def test_reward_model_two_processes_equal_one(tmp_path, monkeypatch):
     torchrun(["rm", "train"], base_overrides(tmp_path / "two", 1, **extra), tmp_path / "cache")
     model_file = next(p.name for p in (tmp_path / "one" / "model").glob("*.safetensors"))
     assert_same_run(tmp_path / "one", tmp_path / "two", model_file)
+
+
+# ---- online: GRPO --------------------------------------------------------------------------------
+
+ONLINE_WORKER = '''
+import json, sys
+import torch
+from tether import parallel
+from tether.config import from_dict
+import tether.rl.advantages as advantages
+from toy_rewards import LowercaseReward
+
+out, algo = sys.argv[1], sys.argv[2]
+seen = {"texts": [], "scores": [], "advantages": []}
+
+class Recording(LowercaseReward):
+    def score(self, prompts, responses):
+        got = super().score(prompts, responses)
+        seen["texts"].append(list(responses))
+        seen["scores"].append(got["reward"].tolist())
+        return got
+
+original = advantages.group_advantages
+def recorded(*args, **kwargs):
+    result = original(*args, **kwargs)
+    seen["advantages"].append(result.tolist())
+    return result
+advantages.group_advantages = recorded
+
+from tether.trainers.grpo import GRPOConfig, run_grpo
+cfg = from_dict(GRPOConfig, {
+    "model": {"name_or_path": "tiny"},
+    "sampling": {"max_new_tokens": 6},
+    "data": {"eval_prompts": 0},
+    "kl": {"coef": 0.1, "adaptive": True, "target": 0.5, "horizon": 10},
+    "train": {"output_dir": out, "max_steps": 2, "progress": False, "save_every": 0, "threads": 1,
+              "prompts_per_step": 4, "samples_per_prompt": 4, "epochs": 2, "minibatch_size": 0, "lr": 3e-3},
+})
+run_grpo(cfg, reward_source=Recording())
+json.dump(seen, open(f"{out}/seen-rank{parallel.world().rank}.json", "w"))
+'''
+
+
+def run_online_worker(out: Path, nproc: int, tmp_path: Path) -> list[dict]:
+    script = tmp_path / "online_worker.py"
+    script.write_text(ONLINE_WORKER)
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO / 'tests'}", "OMP_NUM_THREADS": "1", "TETHER_CACHE": str(tmp_path / "cache")}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] if nproc > 1 else [sys.executable]
+    proc = subprocess.run([*launcher, str(script), str(out), "grpo"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return [json.loads((out / f"seen-rank{r}.json").read_text()) for r in range(nproc)]
+
+
+def interleave_groups(per_rank: list[list], group: int) -> list:
+    """Rank r holds the step's prompts r, r + n, r + 2n, ... (parallel.shard), G rows each: put the
+    groups back in the step's order."""
+    groups = [[rows[i : i + group] for i in range(0, len(rows), group)] for rows in per_rank]
+    return [row for k in range(len(groups[0])) for g in groups for row in g[k]]
+
+
+def test_grpo_two_processes_equal_one(tmp_path):
+    """2 processes, each with 2 of the step's 4 prompts (4 replies each): every reply is sampled
+    as in the 1-process batch (the sampler draws the whole step's uniforms and keeps its rows), so
+    the replies, scores and group advantages (each group whole on one process) are the same; the
+    token-mean loss uses the token count of both processes, the gradients are summed, and the KL
+    the adaptive controller measures is gathered, so both steps (2 epochs each: the second with
+    a ratio != 1) and the weights after them agree. (Per-token ratio metrics such as approx-KL are
+    logged as the mean of each process's token mean, which is not the global token mean: not compared.)"""
+    one = run_online_worker(tmp_path / "one", 1, tmp_path)[0]
+    two = run_online_worker(tmp_path / "two", 2, tmp_path)
+    for step in range(2):
+        assert interleave_groups([r["texts"][step] for r in two], 4) == one["texts"][step]
+        assert interleave_groups([r["scores"][step] for r in two], 4) == pytest.approx(one["scores"][step], abs=1e-6)
+        together = interleave_groups([r["advantages"][step] for r in two], 4)
+        assert together == pytest.approx(one["advantages"][step], abs=1e-5)
+        assert any(abs(a) > 0.1 for a in together)  # groups whose replies scored differently
+    assert_same_run(tmp_path / "one", tmp_path / "two", "model.safetensors", keys=("loss/total", "grad_norm", "reward/mean", "reward/std", "kl/ref", "kl/coef", "advantage/abs_mean"))

@@ -169,9 +169,13 @@ class Sampler:
     per vocabulary entry.
     """
 
-    def __init__(self, params: SamplingParams, generator: torch.Generator | None = None):
+    def __init__(self, params: SamplingParams, generator: torch.Generator | None = None, rows: torch.Tensor | None = None, total_rows: int = 0):
         self.params = params
         self.generator = generator
+        # A share of a larger batch (one process's rows under torchrun): draw the uniforms of all
+        # ``total_rows`` rows and keep this share's, so a row's sample does not depend on how the
+        # batch was split across processes.
+        self.rows, self.total_rows = rows, total_rows
 
     def __call__(self, logits: torch.Tensor, banned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """logits [B, V] (overwritten) -> (tokens [B] long, logprobs [B] float32).
@@ -195,7 +199,10 @@ class Sampler:
             weights.masked_fill_(torch.isneginf(logits), 0.0)
         cdf = weights.cumsum_(dim=-1)  # [B, V] non-decreasing, flat over zero-weight tokens
         total = cdf[:, -1:]  # [B, 1]
-        uniform = torch.rand(total.shape, generator=self.generator, device=total.device)  # [B, 1]
+        if self.rows is None:
+            uniform = torch.rand(total.shape, generator=self.generator, device=total.device)  # [B, 1]
+        else:
+            uniform = torch.rand((self.total_rows, 1), generator=self.generator, device=total.device)[self.rows.to(total.device)]  # [B, 1]
         # Strictly below the total, so the first entry above it is always a token of positive weight.
         target = torch.minimum(uniform * total, total.nextafter(torch.zeros_like(total)))  # [B, 1]
         tokens = torch.searchsorted(cdf, target, right=True)[:, 0]  # [B]
@@ -285,9 +292,13 @@ def generate(
     generator: torch.Generator | None = None,
     *,
     path: str | DecodePath = DecodePath.AUTO,
+    rows: Sequence[int] | None = None,
+    total_rows: int = 0,
 ) -> Rollout:
     """Sample one response per prompt. ``generator`` (on the model's device) makes it reproducible.
-    ``path`` chooses the decoder (see ``DecodePath``); the default picks the fastest that applies."""
+    ``path`` chooses the decoder (see ``DecodePath``); the default picks the fastest that applies.
+    ``rows`` / ``total_rows``: these prompts are rows ``rows`` of a batch of ``total_rows`` split
+    across processes; each row then samples what it would in the whole batch (same generator)."""
     if not prompt_ids:
         raise ValueError("no prompts to generate from")
     device = next(model.parameters()).device
@@ -298,7 +309,7 @@ def generate(
     steps = params.max_new_tokens
 
     decoder = DECODERS[resolve_path(model, path)](model, batch, width + steps)
-    sample = Sampler(params, generator)
+    sample = Sampler(params, generator, None if rows is None else torch.as_tensor(list(rows), dtype=torch.long), total_rows)
     tokens_out = torch.full((batch, steps), pad_id, dtype=torch.long, device=device)  # [B, Tr]
     logprobs_out = torch.zeros(batch, steps, device=device)  # [B, Tr]
     mask_out = torch.zeros(batch, steps, dtype=torch.bool, device=device)  # [B, Tr]
