@@ -181,6 +181,7 @@ def run_dpo(cfg: DPOConfig) -> FitResult:
         add_mismatched_completions(data.eval, cfg.train.seed + 1, cfg.data.max_length)
     objective = build_objective(cfg, model, tokenizer, data)
     result = fit(model, objective, data.train, data.eval, cfg.train, title=cfg.dpo.loss)
+    model = result.model  # whole (None on the other processes of a sharded run)
     save_final_model(save_model, model, tokenizer, out / "model")
     print(f"saved model to {out / 'model'}")
     if cfg.train.sample_prompts and is_main():

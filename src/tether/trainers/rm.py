@@ -270,7 +270,7 @@ def run_rm_train(cfg: RMConfig):
     """Train a reward model (or ensemble) and save it to ``<output_dir>/model``; returns the FitResults."""
     from tether.models.reward import RewardModel
     from tether.models.reward_ensemble import RewardEnsemble
-    from tether.parallel import device, is_main
+    from tether.parallel import device, is_main, world
     from tether.trainers.common import load_trainable_model
     from tether.trainers.distributed import save_final_model
     from tether.trainers.offline import fit
@@ -297,9 +297,12 @@ def run_rm_train(cfg: RMConfig):
         torch.manual_seed(cfg.train.seed)
         model = RewardModel(backbone, tokenizer, cfg.rm.objectives, _weights(cfg), cfg.data.max_length, pooling=cfg.rm.pooling).to(device())
         results = [fit(model, objective, data.train, data.eval, cfg.train, title="rm")]
-        trained = model
+        trained = results[0].model  # whole (None on the other processes of a sharded run)
     else:
         from tether.models.lora import lora_arguments
+
+        if cfg.train.distributed == "fsdp" and world().distributed:
+            raise ValueError("rm.ensemble_size > 1 with train.distributed=fsdp: the members share one backbone, which FSDP cannot shard per member; use train.distributed=ddp")
 
         lora = lora_arguments(cfg.lora) if cfg.lora.enabled else None
         trained = RewardEnsemble.create(backbone, tokenizer, size, cfg.rm.objectives, _weights(cfg), cfg.data.max_length, lora, cfg.train.seed, cfg.rm.penalty, cfg.rm.pooling).to(device())
@@ -310,7 +313,7 @@ def run_rm_train(cfg: RMConfig):
             member_cfg = replace(cfg.train, output_dir=str(out / f"member-{k}"), seed=cfg.train.seed + k)
             results.append(fit(member, objective, member_train, data.eval, member_cfg, title=f"rm member {k + 1}/{size}"))
         trained.requires_grad_(False)
-    save_final_model(trained.save_pretrained, out / "model")
+    save_final_model(lambda path: trained.save_pretrained(path), out / "model")
     print(f"saved reward model to {out / 'model'}")
     if data.eval and is_main():
         from tether.evaluate.reward_model import evaluate_examples, print_report

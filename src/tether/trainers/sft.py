@@ -82,6 +82,7 @@ def run_sft(cfg: SFTConfig) -> FitResult:
         print(line)
     objective = SFTObjective(tokenizer.pad_token_id, cfg.data.pack, cfg.data.max_length, cfg.model.chunk_size)
     result = fit(model, objective, data.train, data.eval, cfg.train, title="sft")
+    model = result.model  # whole (None on the other processes of a sharded run)
     save_final_model(save_model, model, tokenizer, out / "model")
     print(f"saved model to {out / 'model'}")
     if cfg.train.sample_prompts and is_main():
