@@ -43,7 +43,7 @@ def mean_reward(
     ids = encode_prompts(tokenizer, prompts)
     rows = [(i, t) for i in range(len(prompts)) for t in range(samples)]
     rewards, golds, lengths, kls = [], [], [], []
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)  # the engine samples on the model's device
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         rollout = generate(model, tokenizer, [ids[i] for i, _ in chunk], params, generator)

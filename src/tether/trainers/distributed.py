@@ -96,7 +96,8 @@ class Distributed:
                 # Sum, not mean: each process's loss is already divided by the global normaliser.
                 # (A factor of 1 would ask for PREMUL_SUM, which gloo lacks; a forced SUM works on both.)
                 module.set_gradient_divide_factor(1.0)
-                module.set_force_sum_reduction_for_comms(True)
+                if hasattr(module, "set_force_sum_reduction_for_comms"):  # newer torch; NCCL has PREMUL_SUM anyway
+                    module.set_force_sum_reduction_for_comms(True)
 
     @property
     def lockstep(self) -> bool:

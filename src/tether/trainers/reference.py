@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from tether import parallel
 from tether.data.batches import TokenBatch
 from tether.data.layouts import Layout, collate_layout
 from tether.trainers.offline import Example
@@ -39,7 +40,7 @@ def fingerprint(model: torch.nn.Module, examples: list[Example], *parts: object)
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
-        h.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     for e in examples:
         for ids, plen in e.sequences:
             h.update(str(plen).encode())
@@ -62,8 +63,9 @@ def compute_reference_logps(
     out: list[list[float]] = []
     for start in range(0, len(examples), micro_batch_size):
         chunk = examples[start : start + micro_batch_size]
-        batch = collate_layout(layout, [e.sequences for e in chunk], pad_id, row_tokens)
-        logps = sequence_logps(model, batch, chunk_size).tolist()
+        batch = collate_layout(layout, [e.sequences for e in chunk], pad_id, row_tokens).to(parallel.device())
+        with parallel.autocast():  # the precision training runs in, so step 0's policy equals its reference
+            logps = sequence_logps(model, batch, chunk_size).tolist()
         k = 0
         for e in chunk:
             out.append(logps[k : k + len(e.sequences)])

@@ -51,6 +51,7 @@ def sample_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
             ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
         else:
             ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        ids = ids.to(next(model.parameters()).device)
         out = model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
