@@ -64,12 +64,13 @@ def assert_same_run(one: Path, two: Path, model_file: str, keys=("loss", "grad_n
     wb = {f"{f}/{k}": v for f in files for k, v in weights(two / "model" / f).items()}
     assert wa.keys() == wb.keys()
     for name in wa:
-        # AdamW's first steps move each weight by about lr·g/(|g| + eps): where a gradient entry is
-        # within rounding of 0 (a sum that cancels), that ratio is ill-conditioned and the entry can
-        # move anywhere in ±lr. So: nearly every entry equal to 1e-5, none off by more than 2·lr per
-        # step; a wrong normaliser or a missing gradient sum moves whole tensors (and the gradient
-        # norm and losses compared above).
-        close = torch.isclose(wb[name], wa[name], rtol=1e-5, atol=1e-5)
+        # AdamW moves each weight by about lr·m/(√v + eps) per update: where a gradient entry is
+        # within rounding of 0 (a sum that cancels) that ratio is ill-conditioned and the entry can
+        # move anywhere in ±lr, and a few updates compound rounding. So: nearly every entry within
+        # 1% of lr (3e-5), none off by more than 2·lr per logged step. A missing gradient sum
+        # changes the update's direction everywhere; a wrong normaliser (which Adam's first update
+        # would not show) changes the logged loss and gradient norm compared above.
+        close = torch.isclose(wb[name], wa[name], rtol=0, atol=3e-5)
         assert close.float().mean() > 0.999, (name, int((~close).sum()), wa[name].numel())
         assert (wb[name] - wa[name]).abs().max() <= 2 * 3e-3 * len(a), name
     assert not (two / "rank1").exists()  # nothing but rank 0 writes
@@ -178,25 +179,29 @@ def recorded(*args, **kwargs):
 advantages.group_advantages = recorded
 
 from tether.trainers.grpo import GRPOConfig, run_grpo
-cfg = from_dict(GRPOConfig, {
+from tether.trainers.ppo import PPOConfig, run_ppo
+sections = {
     "model": {"name_or_path": "tiny"},
     "sampling": {"max_new_tokens": 6},
     "data": {"eval_prompts": 0},
     "kl": {"coef": 0.1, "adaptive": True, "target": 0.5, "horizon": 10},
     "train": {"output_dir": out, "max_steps": 2, "progress": False, "save_every": 0, "threads": 1,
               "prompts_per_step": 4, "samples_per_prompt": 4, "epochs": 2, "minibatch_size": 0, "lr": 3e-3},
-})
-run_grpo(cfg, reward_source=Recording())
+}
+if algo == "ppo":  # whitened GAE advantages (mean and variance over both processes), target_kl decided together
+    run_ppo(from_dict(PPOConfig, {**sections, "ppo": {"whiten_advantages": True, "target_kl": 10.0}}), reward_source=Recording())
+else:
+    run_grpo(from_dict(GRPOConfig, sections), reward_source=Recording())
 json.dump(seen, open(f"{out}/seen-rank{parallel.world().rank}.json", "w"))
 '''
 
 
-def run_online_worker(out: Path, nproc: int, tmp_path: Path) -> list[dict]:
+def run_online_worker(out: Path, nproc: int, tmp_path: Path, algo: str = "grpo") -> list[dict]:
     script = tmp_path / "online_worker.py"
     script.write_text(ONLINE_WORKER)
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO / 'tests'}", "OMP_NUM_THREADS": "1", "TETHER_CACHE": str(tmp_path / "cache")}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] if nproc > 1 else [sys.executable]
-    proc = subprocess.run([*launcher, str(script), str(out), "grpo"], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*launcher, str(script), str(out), algo], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return [json.loads((out / f"seen-rank{r}.json").read_text()) for r in range(nproc)]
 
@@ -264,3 +269,16 @@ def test_fsdp_run_killed_and_resumed_equals_uninterrupted(demo_file, tmp_path):
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=lambda m: f"{name}: {m}")
     resumed = records(killed, "train")
     assert sorted({r["step"] for r in resumed}) == list(range(1, steps + 1))  # both parts of the run logged every step
+
+
+def test_ppo_two_processes_equal_one(tmp_path):
+    """PPO's advantages are whitened over the whole step's response tokens: with the mean and
+    variance summed over both processes (``whiten(sum_over=global_sum)``) the 2-process step equals
+    the 1-process one (replies, value head and policy update); a per-process whitening would not."""
+    from safetensors.torch import load_file
+
+    one = run_online_worker(tmp_path / "one", 1, tmp_path, "ppo")[0]
+    two = run_online_worker(tmp_path / "two", 2, tmp_path, "ppo")
+    for step in range(2):
+        assert interleave_groups([r["texts"][step] for r in two], 4) == one["texts"][step]
+    assert_same_run(tmp_path / "one", tmp_path / "two", "*.safetensors", keys=("loss/total", "grad_norm", "reward/mean", "kl/ref", "kl/coef"))
