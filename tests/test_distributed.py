@@ -282,3 +282,48 @@ def test_ppo_two_processes_equal_one(tmp_path):
     for step in range(2):
         assert interleave_groups([r["texts"][step] for r in two], 4) == one["texts"][step]
     assert_same_run(tmp_path / "one", tmp_path / "two", "*.safetensors", keys=("loss/total", "grad_norm", "reward/mean", "kl/ref", "kl/coef"))
+
+
+# ---- placement and refusals (one process) --------------------------------------------------------
+
+
+def test_placement_auto_is_float32_on_the_cpu_and_cuda_is_refused_without_a_gpu(capsys):
+    from tether.parallel import World, resolve_placement
+
+    w = World(0, 1, 0)
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: auto would pick it")
+    p = resolve_placement("auto", "auto", w)
+    assert p.device == torch.device("cpu") and p.compute_dtype is None  # nothing changes on the CPU
+    assert resolve_placement("cpu", "bfloat16", w).compute_dtype == torch.bfloat16
+    assert "slower" in capsys.readouterr().out  # bf16 on a CPU is allowed, with a warning
+    with pytest.raises(ValueError, match="model.device='cuda'"):
+        resolve_placement("cuda", "auto", w)
+    with pytest.raises(ValueError, match="model.dtype"):
+        resolve_placement("cpu", "float16", w)
+
+
+def test_fsdp_is_refused_for_online_runs_and_uneven_batches(monkeypatch):
+    """Under torchrun (faked through the environment: check_mode only reads the world size)."""
+    from tether.trainers.distributed import check_mode
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(NotImplementedError, match="train.distributed=fsdp"):
+        check_mode("fsdp", 4, "train.prompts_per_step", online=True)
+    with pytest.raises(ValueError, match="train.batch_size=3 must be a multiple"):
+        check_mode("fsdp", 3, "train.batch_size")
+    with pytest.raises(ValueError, match="train.batch_size=1 is smaller"):
+        check_mode("ddp", 1, "train.batch_size")
+    check_mode("ddp", 3, "train.batch_size")  # data parallel takes uneven shares
+
+
+def test_one_process_is_untouched_by_the_collectives():
+    """In a world of one, gradients and metric sums are left as they are (no torch.distributed call)."""
+    from tether.parallel import all_reduce_gradients, sum_metrics
+
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    p.grad = torch.tensor([0.5, -0.25])
+    all_reduce_gradients([p])
+    assert p.grad.tolist() == [0.5, -0.25]
+    assert sum_metrics({"loss": torch.tensor(1.5), "tokens": 7.0}) == {"loss": 1.5, "tokens": 7.0}

@@ -125,13 +125,14 @@ def resolve_placement(device: str = "auto", dtype: str = "auto", w: World | None
     process's local rank's GPU under torchrun), else the CPU; ``cuda`` also means the local rank's
     GPU; ``cuda:N`` is taken as given. ``auto`` dtype: bf16 autocast on CUDA, float32 on the CPU."""
     w = w or world()
+    requested = device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         device = f"cuda:{w.local_rank}"
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"model.device={device!r} but torch sees no CUDA device (torch {torch.__version__}); use model.device=cpu or auto")
+        raise ValueError(f"model.device={requested!r} but torch sees no CUDA device (torch {torch.__version__}); use model.device=cpu or auto")
     if dtype == "auto":
         dtype = "bfloat16" if dev.type == "cuda" else "float32"
     if dtype not in ("float32", "bfloat16"):

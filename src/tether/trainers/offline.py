@@ -94,9 +94,9 @@ def evaluate(model: torch.nn.Module, objective: Objective, examples: list[Exampl
 
 def add_sums(sums: dict, loss_sum: torch.Tensor, metric_sums: dict) -> None:
     """Accumulate a micro-batch's summed loss and metrics without leaving the device (no host sync)."""
-    sums["loss"] = sums.get("loss", 0.0) + loss_sum.detach().float()
+    sums["loss"] = sums.get("loss", 0.0) + loss_sum.detach().to(torch.float64)  # float64: as the Python floats it replaces
     for k, v in metric_sums.items():
-        sums[k] = sums.get(k, 0.0) + (v.detach().float() if isinstance(v, torch.Tensor) else v)
+        sums[k] = sums.get(k, 0.0) + (v.detach().to(torch.float64) if isinstance(v, torch.Tensor) else v)
 
 
 def fit(

@@ -108,7 +108,7 @@ class RewardObjective:
         from tether.parallel import device
 
         batch = collate_layout(self.layout, [e.sequences for e in examples], self.pad_id, self.row_tokens).to(device())
-        rewards = model(batch)  # [S, O], S = sum of the examples' slot counts
+        rewards = model(batch).float()  # [S, O], S = sum of the examples' slot counts; float32 for the loss under bf16 autocast
         dev = rewards.device
         sizes = [len(e.sequences) for e in examples]
         n, k = len(examples), max(sizes)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from tether.parallel import autocast, device, shard, world
+from tether.parallel import device, shard, world
 from tether.trainers.online.batch import ResponseBatch
 from tether.trainers.online.config import PromptDataConfig, SamplingConfig
 
@@ -61,8 +61,8 @@ def sample_responses(model, tokenizer, prompts: list[list[dict]], group_size: in
     model.eval()
     ids = encode_prompts(tokenizer, prompts)
     rows = None if positions is None else [p * group_size + j for p in positions for j in range(group_size)]
-    with autocast():
-        rollout = generate(model, tokenizer, [p for p in ids for _ in range(group_size)], params, generator, rows=rows, total_rows=total_prompts * group_size)
+    # No autocast here: the engine runs in the weights' dtype (float32 master weights during training).
+    rollout = generate(model, tokenizer, [p for p in ids for _ in range(group_size)], params, generator, rows=rows, total_rows=total_prompts * group_size)
     model.train(was_training)
     return rollout
 
