@@ -184,12 +184,15 @@ def all_reduce_gradients(params: list[torch.nn.Parameter], bucket_bytes: int = 6
     sum (not the mean) is the gradient of the global batch. Gradients are flattened into buckets
     of one dtype and device, one all_reduce per bucket, once per optimiser step (after the last
     micro-batch), so accumulation costs no communication. A parameter without a gradient on this
-    process (unused in its share) takes part with zeros, so every process sends the same buckets.
+    process (unused in its share) takes part with zeros, so every process sends the same buckets;
+    one without a gradient on any process keeps none (as in a single process: AdamW skips it).
     """
     import torch.distributed as dist
 
     if not world().distributed:
         return
+    has_grad = global_sum(torch.tensor([float(p.grad is not None) for p in params], device=device()))  # [P]
+    params = [p for p, n in zip(params, has_grad.tolist()) if n > 0]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)

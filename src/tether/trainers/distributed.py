@@ -81,7 +81,7 @@ class Distributed:
     def _shard(self) -> None:
         import copy
 
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
         if parallel.world().is_main:  # the shape of the unsharded model, for the final export (no memory until then)
             memo = {id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad) for p in self.model.parameters()}
@@ -92,10 +92,11 @@ class Distributed:
             fully_shard(layer, mp_policy=mp)
         self.root = fully_shard(Forwarder(self.model), mp_policy=mp)
         for module in self.root.modules():
-            if hasattr(module, "set_gradient_divide_factor"):
+            if isinstance(module, FSDPModule):
                 # Sum, not mean: each process's loss is already divided by the global normaliser.
                 # (A factor of 1 would ask for PREMUL_SUM, which gloo lacks; a forced SUM works on both.)
-                module.set_gradient_divide_factor(1.0)
+                divide = getattr(module, "set_gradient_divide_factor", None) or module.set_reduce_scatter_divide_factor  # older torch: the latter
+                divide(1.0)
                 if hasattr(module, "set_force_sum_reduction_for_comms"):  # newer torch; NCCL has PREMUL_SUM anyway
                     module.set_force_sum_reduction_for_comms(True)
 
