@@ -304,11 +304,13 @@ def test_placement_auto_is_float32_on_the_cpu_and_cuda_is_refused_without_a_gpu(
 
 
 def test_fsdp_is_refused_for_online_runs_and_uneven_batches(monkeypatch):
-    """Under torchrun (faked through the environment: check_mode only reads the world size)."""
+    """Under torchrun (faked: the environment says 2 processes, and joining the group is skipped)."""
+    from tether import parallel
     from tether.trainers.distributed import check_mode
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(parallel, "init", lambda backend=None: parallel.World(0, 2, 0))
     with pytest.raises(NotImplementedError, match="train.distributed=fsdp"):
         check_mode("fsdp", 4, "train.prompts_per_step", online=True)
     with pytest.raises(ValueError, match="train.batch_size=3 must be a multiple"):

@@ -29,8 +29,10 @@ from tether import parallel
 
 
 def check_mode(mode: str, batch: int, what: str, online: bool = False) -> None:
-    """Refuse what a multi-process run cannot do, naming the key at fault."""
-    w = parallel.world()
+    """Join the process group if torchrun started this process (a no-op otherwise, and when
+    ``load_trainable_model`` already did), then refuse what a multi-process run cannot do, naming
+    the key at fault."""
+    w = parallel.init()
     if not w.distributed:
         return
     if mode == "fsdp" and online:
