@@ -83,7 +83,8 @@ def attach_cached_reference(model, examples_by_split: dict[str, list[Example]], 
     Returns the cache file.
     """
     everything = [e for split in examples_by_split.values() for e in split]
-    key = fingerprint(model, everything, "v1", chunk_size)
+    compute = parallel.placement().compute_dtype  # bf16 reference values differ from float32 ones; float32 keys stay as they were
+    key = fingerprint(model, everything, "v1", chunk_size, *([str(compute)] if compute is not None else []))
     path = cache_root() / f"{key}.pt"
     if path.exists():
         values = torch.load(path, weights_only=True)
