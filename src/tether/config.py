@@ -61,6 +61,8 @@ class ModelConfig:
     gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass to save memory (slower).")
     lean_activations: bool = opt(False, "Llama-style models: keep fewer tensors for the backward pass (the SwiGLU product and the RMSNorm intermediates are recomputed; same results to float32 rounding, about 16% less activation memory).")
     chunk_size: int = opt(1024, "Rows of hidden states per chunk when computing token log-probabilities; bounds the logits held in memory.")
+    device: str = opt("auto", "Where to train: auto (CUDA when present, else the CPU), cpu, cuda (under torchrun: the local rank's GPU) or cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16"] = opt("auto", "Compute precision. auto: bfloat16 on CUDA, float32 on the CPU. bfloat16 autocasts the forward passes while weights, gradients and optimiser state stay float32.")
 
 
 @dataclass
@@ -111,6 +113,7 @@ class TrainingBase:
     resume: bool = opt(False, "Continue from the latest checkpoint in output_dir.")
     threads: int | None = opt(None, "torch CPU threads (default: torch's choice).")
     progress: bool = opt(True, "Show a progress bar.")
+    distributed: Literal["ddp", "fsdp"] = opt("ddp", "Under torchrun with several processes: ddp (every process holds the whole model; gradients summed once per step) or fsdp (FSDP2 fully_shard: weights, gradients and optimiser state sharded across processes; sharded checkpoints). Ignored in a single process.")
 
 
 @dataclass

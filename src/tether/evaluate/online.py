@@ -56,7 +56,7 @@ def sample_and_score(
     out = ScoredSamples(prompt_index=[i for i, _ in rows], texts=[], response_ids=[], lengths=torch.zeros(0))
     rewards: dict[str, list[torch.Tensor]] = {name: [] for name in sources}
     lengths, kls = [], []
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)  # the engine samples on the model's device
     try:
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]

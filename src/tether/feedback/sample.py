@@ -54,10 +54,10 @@ def completion_seed(seed: int, prompt_index: int, completion_index: int) -> int:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """Hash of the weights, the same as keys the cached reference log-probabilities."""
-    from tether.trainers.reference import fingerprint
+    """Hash of the weights, the same hash that keys the cached reference log-probabilities."""
+    from tether.trainers.reference import model_fingerprint as weights_fingerprint
 
-    return fingerprint(model, [])
+    return weights_fingerprint(model)
 
 
 def prompt_value(messages: list[dict]):

@@ -56,6 +56,10 @@ def forward_hidden(model, input_ids, position_ids=None, attention_mask=None) -> 
     [R, 1, T, T] mask (the shared-prompt layout) is additive and used as given.
     """
     backbone, _ = backbone_and_head(model)
+    device = backbone.get_input_embeddings().weight.device  # batches are built on the CPU; a no-op there
+    input_ids = input_ids.to(device, non_blocking=True)
+    position_ids = position_ids.to(device, non_blocking=True) if position_ids is not None else None
+    attention_mask = attention_mask.to(device, non_blocking=True) if attention_mask is not None else None
     if attention_mask is not None and attention_mask.is_floating_point():  # a 4-D additive mask must match the activations' dtype
         attention_mask = attention_mask.to(backbone.dtype)
     out = backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from tether.losses.reduce import masked_mean, masked_var
+from tether.losses.reduce import masked_mean, masked_sum, masked_var
 
 
 @torch.no_grad()
@@ -86,14 +86,21 @@ def place_terminal_rewards(scores: torch.Tensor, mask: torch.Tensor) -> torch.Te
 
 
 @torch.no_grad()
-def whiten(values: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def whiten(values: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8, sum_over=None) -> torch.Tensor:
     """(x − μ)/√(σ² + ε) over the masked entries, with μ, σ² their mean and unbiased variance.
 
     ``shift_mean=False`` adds μ back (rescale only; keeps the sign convention of e.g. rewards).
     Entries off the mask are returned as 0. Shapes: ``values``, ``mask`` [*].
+    ``sum_over``: a sum across processes (``tether.parallel.global_sum``); μ and σ² are then those
+    of every process's entries together: μ = Σ_all x / n, σ² = Σ_all (x − μ)² / (n − 1).
     """
     mask = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.bool()
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    if sum_over is None:
+        mean, var = masked_mean(values, mask), masked_var(values, mask)
+    else:
+        n = sum_over(mask.sum().to(values.dtype))
+        mean = sum_over(masked_sum(values, mask)) / n.clamp(min=1)
+        var = sum_over(masked_sum((values - mean) ** 2, mask)) / (n - 1).clamp(min=1)
     whitened = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

@@ -172,15 +172,23 @@ class Sampler:
     per vocabulary entry.
     """
 
-    def __init__(self, params: SamplingParams, generator: torch.Generator | Sequence[torch.Generator] | None = None):
+    def __init__(self, params: SamplingParams, generator: torch.Generator | Sequence[torch.Generator] | None = None, rows: torch.Tensor | None = None, total_rows: int = 0):
         self.params = params
         self.generator = generator
+        # A share of a larger batch (one process's rows under torchrun): draw the uniforms of all
+        # ``total_rows`` rows and keep this share's, so a row's sample does not depend on how the
+        # batch was split across processes.
+        self.rows, self.total_rows = rows, total_rows
 
     def _uniform(self, total: torch.Tensor) -> torch.Tensor:
         """One uniform number per row -> [B, 1]. With a generator per row, row i's numbers come from
         its own stream alone, so a row samples the same tokens whatever batch it is put in."""
         if self.generator is None or isinstance(self.generator, torch.Generator):
-            return torch.rand(total.shape, generator=self.generator, device=total.device)  # [B, 1]
+            if self.rows is None:
+                return torch.rand(total.shape, generator=self.generator, device=total.device)  # [B, 1]
+            return torch.rand((self.total_rows, 1), generator=self.generator, device=total.device)[self.rows.to(total.device)]  # [B, 1]
+        if self.rows is not None:
+            raise ValueError("a generator per row already makes each row's draws independent of the batch; rows/total_rows apply to one shared generator")
         if len(self.generator) != total.shape[0]:
             raise ValueError(f"{len(self.generator)} generators for a batch of {total.shape[0]} rows; give one per row")
         return torch.cat([torch.rand(1, generator=g, device=g.device) for g in self.generator]).to(total.device)[:, None]  # [B, 1]
@@ -301,13 +309,17 @@ def generate(
     *,
     path: str | DecodePath = DecodePath.AUTO,
     decoder: Callable | None = None,
+    rows: Sequence[int] | None = None,
+    total_rows: int = 0,
 ) -> Rollout:
     """Sample one response per prompt. ``generator`` (on the model's device) makes it reproducible;
     a list of one generator per prompt makes each row's draws independent of the others in the batch.
     ``path`` chooses the decoder (see ``DecodePath``); the default picks the fastest that applies.
     ``decoder``: a factory ``(model, batch, max_length) -> decoder`` (``prefill``/``step`` giving
     next-token logits) that replaces the path's, e.g. ``tether.rollout.mixture``'s geometric
-    mixture of two models; the rollout's log-probs are then those of its logits."""
+    mixture of two models; the rollout's log-probs are then those of its logits.
+    ``rows`` / ``total_rows``: these prompts are rows ``rows`` of a batch of ``total_rows`` split
+    across processes; each row then samples what it would in the whole batch (same generator)."""
     if not prompt_ids:
         raise ValueError("no prompts to generate from")
     device = next(model.parameters()).device
@@ -318,7 +330,7 @@ def generate(
     steps = params.max_new_tokens
 
     decoder = (decoder or DECODERS[resolve_path(model, path)])(model, batch, width + steps)
-    sample = Sampler(params, generator)
+    sample = Sampler(params, generator, None if rows is None else torch.as_tensor(list(rows), dtype=torch.long), total_rows)
     tokens_out = torch.full((batch, steps), pad_id, dtype=torch.long, device=device)  # [B, Tr]
     logprobs_out = torch.zeros(batch, steps, device=device)  # [B, Tr]
     mask_out = torch.zeros(batch, steps, dtype=torch.bool, device=device)  # [B, Tr]

@@ -331,11 +331,18 @@ class RunLogger:
 
 
 def load_trainable_model(model_cfg, lora_cfg, seed: int = 0):
-    """Load the model named in ``model_cfg`` for training, with LoRA adapters if ``lora_cfg.enabled``."""
+    """Load the model named in ``model_cfg`` for training, with LoRA adapters if ``lora_cfg.enabled``,
+    on ``model_cfg.device`` with float32 weights; ``model_cfg.dtype`` becomes this process's
+    placement (``tether.parallel.autocast`` around forward passes)."""
     from tether.models import apply_lora, load_model
+    from tether.parallel import init, resolve_placement, set_placement
 
-    set_seed(seed)  # a 'tiny' model and new adapters are initialised from the seed
+    init()  # under torchrun: join the process group (a no-op in a single process)
+    placement = resolve_placement(model_cfg.device, model_cfg.dtype)
+    set_placement(placement)
+    set_seed(seed)  # a 'tiny' model and new adapters are initialised from the seed (on the CPU, so every device draws the same)
     model, tokenizer = load_model(model_cfg.name_or_path, trust_remote_code=model_cfg.trust_remote_code)
+    model.to(placement.device)
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

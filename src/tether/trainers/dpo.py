@@ -125,11 +125,13 @@ class PreferenceObjective:
     def _group_loss(self, model, examples: list[Example]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         from tether.losses.preference import preference_loss
 
+        from tether.parallel import device
+
         n, k = len(examples), len(examples[0].sequences)
-        batch = collate_layout(self.layout, [e.sequences for e in examples], self.pad_id, self.row_tokens)
+        batch = collate_layout(self.layout, [e.sequences for e in examples], self.pad_id, self.row_tokens).to(device())
         logps = sequence_logps(model, batch, self.chunk_size).view(n, k)  # [N, K]
         lengths = batch.loss_tokens_per_sequence().view(n, k).clamp(min=1)  # [N, K]
-        ref = self.reference.logps(model, batch, examples).view(n, k) if self.spec.needs_reference else None
+        ref = self.reference.logps(model, batch, examples).to(logps.device).view(n, k) if self.spec.needs_reference else None
         real = k  # slots that are the example's own completions (KTO's second slot is a mismatched pair)
         if self.spec.data == "paired":
             tensors = {"policy_chosen": logps[:, 0], "policy_rejected": logps[:, 1], "chosen_len": lengths[:, 0], "rejected_len": lengths[:, 1]}
@@ -141,7 +143,7 @@ class PreferenceObjective:
             from tether.losses.preference import kto_reference_point
 
             real = 1
-            labels = torch.tensor([bool(e.extra["label"]) for e in examples])
+            labels = torch.tensor([bool(e.extra["label"]) for e in examples], device=logps.device)
             tensors = {"policy_logps": logps[:, 0], "ref_logps": ref[:, 0], "labels": labels, "kl_estimate": kto_reference_point(logps[:, 1], ref[:, 1])}
         losses, metrics = preference_loss(self.kind, **tensors, **self.hparams)  # [N], means
         if ref is not None:
@@ -182,7 +184,9 @@ def run_dpo(cfg: DPOConfig) -> FitResult:
     """Train ``cfg.model`` with the preference loss ``cfg.dpo.loss``; saves to ``<output_dir>/model``."""
     from tether.losses.preference import PreferenceLoss, spec_of
     from tether.models import save_model
+    from tether.parallel import is_main
     from tether.trainers.common import load_trainable_model
+    from tether.trainers.distributed import save_final_model
     from tether.trainers.prepare import prepare_data
     from tether.trainers.sft import sample_completions
 
@@ -202,9 +206,10 @@ def run_dpo(cfg: DPOConfig) -> FitResult:
         add_mismatched_completions(data.eval, cfg.train.seed + 1, cfg.data.max_length)
     objective = build_objective(cfg, model, tokenizer, data)
     result = fit(model, objective, data.train, data.eval, cfg.train, title=cfg.dpo.loss, report=data.report)
-    save_model(model, tokenizer, out / "model")
+    model = result.model  # whole (None on the other processes of a sharded run)
+    save_final_model(save_model, model, tokenizer, out / "model")
     print(f"saved model to {out / 'model'}")
-    if cfg.train.sample_prompts:
+    if cfg.train.sample_prompts and is_main():
         for prompt, reply in zip(cfg.train.sample_prompts, sample_completions(model, tokenizer, cfg.train.sample_prompts, cfg.train.sample_max_new_tokens)):
             print(f"\n### {prompt}\n{reply}")
     return result

@@ -16,7 +16,6 @@ import torch
 
 from tether.config import TrainConfig
 from tether.trainers.common import (
-    RunLogger,
     StepPlan,
     build_optimizer,
     build_scheduler,
@@ -24,7 +23,6 @@ from tether.trainers.common import (
     configure_threads,
     ensure_finite,
     micro_batches,
-    open_checkpoints,
     set_seed,
     trainable_parameters,
 )
@@ -62,27 +60,49 @@ class FitResult:
     eval_metrics: dict[str, float]
     seconds: float
     tokens: int
+    model: Any = None  # the trained model, whole (under FSDP: gathered on the main process, None elsewhere)
 
 
-def evaluate(model: torch.nn.Module, objective: Objective, examples: list[Example], micro_batch_size: int) -> dict[str, float]:
-    """Unit-weighted means of the loss and metrics over ``examples``."""
+def evaluate(model: torch.nn.Module, objective: Objective, examples: list[Example], micro_batch_size: int, dist=None) -> dict[str, float]:
+    """Unit-weighted means of the loss and metrics over ``examples``; each process scores its share
+    (``parallel.shard``) and the sums are added over processes once at the end. ``dist``: the run's
+    ``trainers.distributed.Distributed`` (None: the model as it is)."""
+    import math
+
+    from tether import parallel
+
     if not examples:
         return {}
+    run = dist.run if dist is not None else (lambda fn, *args: fn(model, *args))
     was_training = model.training
     model.eval()
-    sums: dict[str, float] = {}
-    units = 0.0
+    share = parallel.shard(examples)
+    sums: dict[str, torch.Tensor | float] = {"units": float(objective.units(share)) if share else 0.0}
     with torch.no_grad():
-        lengths = [e.num_tokens for e in examples]
-        for mb in micro_batches(list(range(len(examples))), micro_batch_size, lengths):
-            batch = [examples[i] for i in mb]
-            loss_sum, metric_sums = objective.loss(model, batch)
-            units += objective.units(batch)
-            sums["loss"] = sums.get("loss", 0.0) + float(loss_sum)
-            for k, v in metric_sums.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+        lengths = [e.num_tokens for e in share]
+        rounds = 0
+        for mb in micro_batches(list(range(len(share))), micro_batch_size, lengths):
+            batch = [share[i] for i in mb]
+            with parallel.autocast():
+                loss_sum, metric_sums = run(objective.loss, batch)
+            add_sums(sums, loss_sum, metric_sums)
+            rounds += 1
+        if dist is not None and dist.lockstep:  # a process with a shorter share joins the others' passes, discarding the result
+            most = math.ceil(math.ceil(len(examples) / parallel.world().size) / micro_batch_size)
+            for _ in range(most - rounds):
+                with parallel.autocast():
+                    run(objective.loss, examples[:1])
     model.train(was_training)
-    return {k: v / max(units, 1e-12) for k, v in sums.items()}
+    totals = parallel.sum_metrics(sums)
+    units = totals.pop("units")
+    return {k: v / max(units, 1e-12) for k, v in totals.items()}
+
+
+def add_sums(sums: dict, loss_sum: torch.Tensor, metric_sums: dict) -> None:
+    """Accumulate a micro-batch's summed loss and metrics without leaving the device (no host sync)."""
+    sums["loss"] = sums.get("loss", 0.0) + loss_sum.detach().to(torch.float64)  # float64: as the Python floats it replaces
+    for k, v in metric_sums.items():
+        sums[k] = sums.get(k, 0.0) + (v.detach().to(torch.float64) if isinstance(v, torch.Tensor) else v)
 
 
 def bound_evaluation(eval_examples: list[Example], limit: int | None, seed: int) -> tuple[list[Example], str | None]:
@@ -106,17 +126,23 @@ def fit(
     """Train ``model`` on ``train`` with ``objective``; checkpoints, exact resume, logs, evaluation.
 
     ``report``: the data preparation's lines (already printed), kept in ``summary.json``."""
+    from tether import parallel
+    from tether.trainers.distributed import Distributed, check_mode, open_logger, open_run_checkpoints, save_checkpoint
+
     configure_threads(cfg.threads)
     set_seed(cfg.seed)
+    check_mode(cfg.distributed, cfg.batch_size, "train.batch_size")
     report = list(report or [])
     plan = StepPlan(len(train), cfg.batch_size, cfg.epochs, cfg.max_steps, cfg.seed)
     eval_examples, bounded = bound_evaluation(eval_examples, cfg.eval_examples, cfg.seed)
     if bounded:
         print(bounded)
         report.append(bounded)
+    dist = Distributed(model, cfg.distributed)  # FSDP shards the model here, before the optimiser sees its parameters
+    saved = dist.root if dist.sharded else model  # what checkpoints hold
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, plan.total_steps, cfg)
-    checkpoints, latest = open_checkpoints(cfg.output_dir, cfg.resume, cfg.keep_checkpoints)
+    checkpoints, latest = open_run_checkpoints(cfg.output_dir, cfg.resume, cfg.keep_checkpoints, sharded=dist.sharded)
     params = list(trainable_parameters(model).values())
     lengths = [e.num_tokens for e in train]
 
@@ -126,9 +152,9 @@ def fit(
         steps_left = [train[i] for step in range(start_step, plan.total_steps) for i in plan.indices(step)]
         prepare(model, steps_left + eval_examples)
     if latest is not None:
-        start_step, _ = checkpoints.load(latest, model, optimizer, scheduler)
+        start_step, _ = checkpoints.load(latest, saved, optimizer, scheduler)
 
-    logger = RunLogger(cfg.output_dir, plan.total_steps, start_step, progress=cfg.progress, title=title)
+    logger = open_logger(cfg.output_dir, plan.total_steps, start_step, cfg.progress, title)
     model.train()
     started = time.time()
     tokens_seen = 0
@@ -138,24 +164,24 @@ def fit(
         for step in range(start_step, plan.total_steps):
             step_start = time.time()
             indices = plan.indices(step)
-            step_examples = [train[i] for i in indices]
-            total_units = objective.units(step_examples)
-            sums: dict[str, float] = {}
-            step_tokens = 0
-            for mb in micro_batches(indices, cfg.micro_batch_size, lengths):
+            # The normaliser is the *global* batch's unit count (every process holds the whole data
+            # set, so it is counted here without communication); each process trains its share.
+            total_units = objective.units([train[i] for i in indices])
+            sums: dict[str, torch.Tensor | float] = {"tokens": 0.0}
+            for mb in micro_batches(parallel.shard(indices), cfg.micro_batch_size, lengths):
                 batch = [train[i] for i in mb]
-                loss_sum, metric_sums = objective.loss(model, batch)
+                with parallel.autocast():
+                    loss_sum, metric_sums = dist.run(objective.loss, batch)
                 (loss_sum / total_units).backward()
-                sums["loss"] = sums.get("loss", 0.0) + float(loss_sum.detach())
-                for k, v in metric_sums.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                step_tokens += sum(e.num_tokens for e in batch)
-            metrics = {k: v / total_units for k, v in sums.items()}
+                add_sums(sums, loss_sum, metric_sums)
+                sums["tokens"] += sum(e.num_tokens for e in batch)
+            dist.sync_gradients(params)
+            totals = parallel.sum_metrics(sums)  # the step's one host sync for metrics
+            step_tokens = int(totals.pop("tokens"))
+            metrics = {k: v / total_units for k, v in totals.items()}
             ensure_finite(metrics["loss"], step + 1)
-            if cfg.max_grad_norm > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            else:
-                grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # a DTensor under FSDP
             ensure_finite(grad_norm, step + 1, "gradient norm")
             metrics["lr"] = optimizer.param_groups[0]["lr"]
             optimizer.step()
@@ -164,27 +190,27 @@ def fit(
 
             elapsed = time.time() - step_start
             tokens_seen += step_tokens
-            metrics.update(grad_norm=float(grad_norm), tokens_per_second=step_tokens / max(elapsed, 1e-9), epoch=plan.epoch_at(step + 1))
+            metrics.update(grad_norm=grad_norm, tokens_per_second=step_tokens / max(elapsed, 1e-9), epoch=plan.epoch_at(step + 1))
             last_train = metrics
             done = step + 1
             if done % cfg.log_every == 0 or done == plan.total_steps:
                 logger.log(done, metrics)
             logger.advance(done, info=f"loss {metrics['loss']:.4f}", rate=f"{metrics['tokens_per_second']:.0f} tok/s")
             if cfg.eval_every and done % cfg.eval_every == 0 and done < plan.total_steps and eval_examples:
-                last_eval = evaluate(model, objective, eval_examples, cfg.micro_batch_size)
+                last_eval = evaluate(model, objective, eval_examples, cfg.micro_batch_size, dist)
                 logger.log(done, last_eval, split="eval")
                 logger.print(f"step {done}: eval loss {last_eval['loss']:.4f}")
             if cfg.save_every and done % cfg.save_every == 0 and done < plan.total_steps:
-                checkpoints.save(done, model, optimizer, scheduler)
+                save_checkpoint(checkpoints, done, saved, optimizer, scheduler)
         if eval_examples:
-            last_eval = evaluate(model, objective, eval_examples, cfg.micro_batch_size)
+            last_eval = evaluate(model, objective, eval_examples, cfg.micro_batch_size, dist)
             logger.log(plan.total_steps, last_eval, split="eval")
         if start_step < plan.total_steps:
-            checkpoints.save(plan.total_steps, model, optimizer, scheduler)
+            save_checkpoint(checkpoints, plan.total_steps, saved, optimizer, scheduler)
     finally:
         logger.close()
     seconds = time.time() - started
-    result = FitResult(plan.total_steps, last_train, last_eval, seconds, tokens_seen)
+    result = FitResult(plan.total_steps, last_train, last_eval, seconds, tokens_seen, dist.full_model())
     rows: dict[str, Any] = {"steps": plan.total_steps, "resumed from step": start_step, "seconds": round(seconds, 1)}
     if tokens_seen:
         rows["tokens/s"] = round(tokens_seen / max(seconds, 1e-9), 1)

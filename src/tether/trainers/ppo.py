@@ -142,7 +142,8 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
     from tether.trainers.online.batch import ResponseBatch, entropy_surrogate
     from tether.trainers.online.rollout import collect
     from tether.trainers.online.run import StepState, Timer, make_kl_controller, rollout_metrics, start_run
-    from tether.trainers.online.update import UpdateMeans, minibatches, optimizer_step, single_update
+    from tether.parallel import device, global_sum, sum_metrics, world
+    from tether.trainers.online.update import UpdateMeans, global_tokens, minibatches, optimizer_step, single_update
 
     started = time.time()
     run = start_run(cfg, reward_source, gold_source)
@@ -152,7 +153,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
         from tether.trainers.common import load_trainable_model
 
         critic, _ = load_trainable_model(cfg.model, cfg.lora, t.seed + 1)
-    modules = PPOModules(run.policy, ValueHead(hidden_size(run.policy)), critic)
+    modules = PPOModules(run.policy, ValueHead(hidden_size(run.policy)).to(device()), critic)
     policy_params = [q for q in run.policy.parameters() if q.requires_grad]
     optimizer = build_optimizer([{"params": policy_params}, {"params": modules.value_parameters(), "lr": p.value_lr or t.lr}], t)
     scheduler = build_scheduler(optimizer, t.max_steps, t)
@@ -175,7 +176,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
         rewards, kl = kl_penalized_rewards(scores, old_lp, old_lp if ref_lp is None else ref_lp, mask, kl_coef=kl_ctl.value, estimator=cfg.kl.estimator)  # [B, Tr]
         advantages, returns = gae(rewards, old_values, gamma=p.gamma, lam=p.lam, mask=mask)  # [B, Tr]
         if p.whiten_advantages:
-            advantages = whiten(advantages, mask)
+            advantages = whiten(advantages, mask, sum_over=global_sum)  # mean and variance over every process's tokens
 
         with timer("update"):
             means = UpdateMeans()
@@ -191,19 +192,20 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
                     per_token = pg_losses + p.vf_coef * v_losses  # [b, Tr]
                     if p.entropy_coef:
                         per_token = per_token - p.entropy_coef * entropy_surrogate(logprobs)
-                    loss = token_mean_global(per_token, m, m.sum().clamp(min=1))
+                    loss = token_mean_global(per_token, m, global_tokens(m))
                     ensure_finite(loss.detach(), step + 1)
                     piece = {
                         "grad_norm": optimizer_step(loss, params, optimizer, t.max_grad_norm),
-                        "loss/total": float(loss.detach()),
-                        "loss/policy": float(masked_mean(pg_losses.detach(), m)),
-                        "loss/value": float(masked_mean(v_losses.detach(), m)),
-                        "policy/approx_kl": float(pg_metrics["approx_kl"]),
-                        "policy/clip_frac": float(pg_metrics["clipfrac"]),
-                        "value/clip_frac": float(v_metrics["value/clipfrac"]),
+                        "loss/total": loss.detach(),
+                        "loss/policy": masked_mean(pg_losses.detach(), m),
+                        "loss/value": masked_mean(v_losses.detach(), m),
+                        "policy/approx_kl": pg_metrics["approx_kl"],
+                        "policy/clip_frac": pg_metrics["clipfrac"],
+                        "value/clip_frac": v_metrics["value/clipfrac"],
                     }
                     means.add({k: v for k, v in piece.items() if ratio_metrics or k not in ("policy/approx_kl", "policy/clip_frac")})
-                    if p.target_kl is not None and piece["policy/approx_kl"] > p.target_kl:
+                    # Every process must take the same decision: the approx-KL averaged over processes.
+                    if p.target_kl is not None and sum_metrics({"a": piece["policy/approx_kl"]})["a"] / world().size > p.target_kl:
                         early_stop = True
                         break
                 if early_stop:
@@ -215,16 +217,10 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
         metrics.update(rollout_metrics(rollout, scores, kl if ref_lp is not None else None, got.gold))
         metrics.update(got.extras)
         metrics.update(timer.metrics())
-        metrics.update(
-            {
-                "kl/coef": kl_ctl.value,
-                "policy/entropy": float(masked_mean(entropy, mask)),
-                "value/explained_variance": float(explained_variance(old_values, returns, mask)),
-                "value/mean": float(masked_mean(old_values, mask)),
-                "updates": float(means.updates),
-                "early_stopped": float(early_stop),
-            }
-        )
+        # Per-process figures, averaged over processes (each holds as many responses).
+        local = {"policy/entropy": masked_mean(entropy, mask), "value/explained_variance": explained_variance(old_values, returns, mask), "value/mean": masked_mean(old_values, mask)}
+        metrics.update({k: v / world().size for k, v in sum_metrics(local).items()})
+        metrics.update({"kl/coef": kl_ctl.value, "updates": float(means.updates), "early_stopped": float(early_stop)})
         if state.end_step(step, metrics, len(rollout.texts)):
             break
 

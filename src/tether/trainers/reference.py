@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from tether import parallel
 from tether.data.batches import TokenBatch
 from tether.data.layouts import Layout, collate_layout
 from tether.trainers.offline import Example
@@ -152,8 +153,9 @@ def compute_reference_logps(model: torch.nn.Module, examples: list[Example], pad
     """Reference log-probability of every slot of every example (one forward pass), in example order."""
     was_training = model.training
     model.eval()
-    batch = collate_layout(layout, [e.sequences for e in examples], pad_id, row_tokens)
-    logps = sequence_logps(model, batch, chunk_size).tolist()
+    batch = collate_layout(layout, [e.sequences for e in examples], pad_id, row_tokens).to(parallel.device())
+    with parallel.autocast():  # the precision training runs in, so step 0's policy equals its reference
+        logps = sequence_logps(model, batch, chunk_size).tolist()
     model.train(was_training)
     out, k = [], 0
     for e in examples:
@@ -187,7 +189,8 @@ class CachedReference:
     def open(self, model: torch.nn.Module) -> None:
         """Fingerprint the model (the reference: call before training) and read its shards."""
         started = time.time()
-        self.directory = cache_root() / model_fingerprint(model, "v2")
+        compute = parallel.placement().compute_dtype  # bf16 reference values differ from float32 ones; float32 keys stay as they were
+        self.directory = cache_root() / model_fingerprint(model, "v2", *([str(compute)] if compute is not None else []))
         shards = sorted(self.directory.glob("shard-*.pt")) if self.directory.exists() else []
         for shard in shards:
             data = torch.load(shard, weights_only=True)

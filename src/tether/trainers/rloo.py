@@ -50,7 +50,7 @@ def run_rloo(cfg: RLOOConfig, reward_source=None, gold_source=None) -> dict:
     from tether.trainers.online.batch import ResponseBatch, response_hidden, response_logprobs
     from tether.trainers.online.rollout import collect
     from tether.trainers.online.run import StepState, Timer, make_kl_controller, rollout_metrics, start_run
-    from tether.trainers.online.update import UpdateMeans, group_metrics, minibatches, optimizer_step, single_update
+    from tether.trainers.online.update import UpdateMeans, global_tokens, group_metrics, minibatches, optimizer_step, single_update
 
     started = time.time()
     t, r = cfg.train, cfg.rloo
@@ -91,16 +91,16 @@ def run_rloo(cfg: RLOOConfig, reward_source=None, gold_source=None) -> dict:
                     logprobs, entropy = response_logprobs(run.policy, response_hidden(run.policy, sub), sub, temperature, chunk, entropy=True)  # [b, Tr]
                     old = None if one_update else old_lp[rows]
                     losses, lm = ppo_clip_loss(logprobs, old, advantages[rows], m, clip_eps=r.clip_eps)  # [b, Tr]
-                    loss = token_mean_global(losses, m, m.sum().clamp(min=1))
+                    loss = token_mean_global(losses, m, global_tokens(m))  # all processes' tokens: the step equals one process's
                     ensure_finite(loss.detach(), step + 1)
                     piece = {
                         "grad_norm": optimizer_step(loss, params, optimizer, t.max_grad_norm),
-                        "loss/total": float(loss.detach()),
-                        "policy/entropy": float(masked_mean(entropy, m)),
+                        "loss/total": loss.detach(),
+                        "policy/entropy": masked_mean(entropy, m),
                     }
                     if not one_update:  # else the ratio is 1: both 0 by construction
-                        piece["policy/approx_kl"] = float(lm["approx_kl"])
-                        piece["policy/clip_frac"] = float(lm["clipfrac"])
+                        piece["policy/approx_kl"] = lm["approx_kl"]
+                        piece["policy/clip_frac"] = lm["clipfrac"]
                     means.add(piece)
             metrics = means.means()
             metrics["lr"] = optimizer.param_groups[0]["lr"]

@@ -105,21 +105,24 @@ class RewardObjective:
     def loss(self, model, examples: list[Example]):
         import torch
 
-        batch = collate_layout(self.layout, [e.sequences for e in examples], self.pad_id, self.row_tokens)
-        rewards = model(batch)  # [S, O], S = sum of the examples' slot counts
+        from tether.parallel import device
+
+        batch = collate_layout(self.layout, [e.sequences for e in examples], self.pad_id, self.row_tokens).to(device())
+        rewards = model(batch).float()  # [S, O], S = sum of the examples' slot counts; float32 for the loss under bf16 autocast
+        dev = rewards.device
         sizes = [len(e.sequences) for e in examples]
         n, k = len(examples), max(sizes)
         # Slot j of example i sits at flat sequence offset[i] + j (collate is example-major).
-        offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)  # [N]
-        slot = torch.arange(k)  # [K]
-        mask = slot.unsqueeze(0) < torch.tensor(sizes).unsqueeze(1)  # [N, K]
+        offsets = torch.tensor([0, *sizes[:-1]], device=dev).cumsum(0)  # [N]
+        slot = torch.arange(k, device=dev)  # [K]
+        mask = slot.unsqueeze(0) < torch.tensor(sizes, device=dev).unsqueeze(1)  # [N, K]
         flat = (offsets.unsqueeze(1) + slot.unsqueeze(0)).clamp(max=rewards.shape[0] - 1)  # [N, K]
-        objective = torch.tensor([int(e.extra.get("objective", 0)) for e in examples])  # [N]
+        objective = torch.tensor([int(e.extra.get("objective", 0)) for e in examples], device=dev)  # [N]
         scores = rewards[flat, objective.unsqueeze(1).expand(n, k)]  # [N, K], this example's head
         scores = torch.where(mask, scores, torch.zeros((), dtype=scores.dtype))
         margins = None
         if self.use_margin and any("margin" in e.extra for e in examples):
-            margins = torch.tensor([float(e.extra.get("margin", 0.0)) for e in examples], dtype=scores.dtype)  # [N]
+            margins = torch.tensor([float(e.extra.get("margin", 0.0)) for e in examples], dtype=scores.dtype, device=dev)  # [N]
         losses, metrics = REWARD_LOSSES[self.loss_kind](scores, mask, margins, self.centering_coef)  # [N], means
         # The loop wants sums over units (examples); the loss functions return batch means.
         return losses.sum(), {name: value.detach() * n for name, value in metrics.items()}
@@ -267,7 +270,9 @@ def run_rm_train(cfg: RMConfig):
     """Train a reward model (or ensemble) and save it to ``<output_dir>/model``; returns the FitResults."""
     from tether.models.reward import RewardModel
     from tether.models.reward_ensemble import RewardEnsemble
+    from tether.parallel import device, is_main, world
     from tether.trainers.common import load_trainable_model
+    from tether.trainers.distributed import save_final_model
     from tether.trainers.offline import fit
 
     out = Path(cfg.train.output_dir)
@@ -290,14 +295,17 @@ def run_rm_train(cfg: RMConfig):
         import torch
 
         torch.manual_seed(cfg.train.seed)
-        model = RewardModel(backbone, tokenizer, cfg.rm.objectives, _weights(cfg), cfg.data.max_length, pooling=cfg.rm.pooling)
+        model = RewardModel(backbone, tokenizer, cfg.rm.objectives, _weights(cfg), cfg.data.max_length, pooling=cfg.rm.pooling).to(device())
         results = [fit(model, objective, data.train, data.eval, cfg.train, title="rm", report=data.report)]
-        trained = model
+        trained = results[0].model  # whole (None on the other processes of a sharded run)
     else:
         from tether.models.lora import lora_arguments
 
+        if cfg.train.distributed == "fsdp" and world().distributed:
+            raise ValueError("rm.ensemble_size > 1 with train.distributed=fsdp: the members share one backbone, which FSDP cannot shard per member; use train.distributed=ddp")
+
         lora = lora_arguments(cfg.lora) if cfg.lora.enabled else None
-        trained = RewardEnsemble.create(backbone, tokenizer, size, cfg.rm.objectives, _weights(cfg), cfg.data.max_length, lora, cfg.train.seed, cfg.rm.penalty, cfg.rm.pooling)
+        trained = RewardEnsemble.create(backbone, tokenizer, size, cfg.rm.objectives, _weights(cfg), cfg.data.max_length, lora, cfg.train.seed, cfg.rm.penalty, cfg.rm.pooling).to(device())
         results = []
         for k in range(size):
             member = trained.trainable_member(k)
@@ -305,9 +313,9 @@ def run_rm_train(cfg: RMConfig):
             member_cfg = replace(cfg.train, output_dir=str(out / f"member-{k}"), seed=cfg.train.seed + k)
             results.append(fit(member, objective, member_train, data.eval, member_cfg, title=f"rm member {k + 1}/{size}", report=data.report))
         trained.requires_grad_(False)
-    trained.save_pretrained(out / "model")
+    save_final_model(lambda path: trained.save_pretrained(path), out / "model")
     print(f"saved reward model to {out / 'model'}")
-    if data.eval:
+    if data.eval and is_main():
         from tether.evaluate.reward_model import evaluate_examples, print_report
 
         report = evaluate_examples(trained, data.eval, cfg.train.micro_batch_size)

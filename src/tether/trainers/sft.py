@@ -30,8 +30,9 @@ class SFTObjective:
     def loss(self, model: torch.nn.Module, examples: list[Example]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         from tether.losses.sft import sft_loss
         from tether.models import forward_token_logprobs
+        from tether.parallel import device
 
-        batch = collate([e.sequences for e in examples], self.pad_id, self.pack, self.row_tokens)
+        batch = collate([e.sequences for e in examples], self.pad_id, self.pack, self.row_tokens).to(device())
         logprobs = forward_token_logprobs(model, batch, chunk_size=self.chunk_size)  # [R, T], 0 off the mask
         nll, _ = sft_loss(logprobs, batch.loss_mask)  # [R] summed token NLL per row
         # The loop divides by units() (the step's completion tokens): the mean token NLL, whatever the
@@ -50,6 +51,7 @@ def sample_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
             ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
         else:
             ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        ids = ids.to(next(model.parameters()).device)
         out = model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
@@ -67,7 +69,9 @@ def run_sft(cfg: SFTConfig) -> FitResult:
     from pathlib import Path
 
     from tether.models import save_model
+    from tether.parallel import is_main
     from tether.trainers.common import load_trainable_model
+    from tether.trainers.distributed import save_final_model
     from tether.trainers.prepare import prepare_data
 
     out = Path(cfg.train.output_dir)
@@ -79,9 +83,10 @@ def run_sft(cfg: SFTConfig) -> FitResult:
         print(line)
     objective = SFTObjective(tokenizer.pad_token_id, cfg.data.pack, cfg.data.max_length, cfg.model.chunk_size)
     result = fit(model, objective, data.train, data.eval, cfg.train, title="sft", report=data.report)
-    save_model(model, tokenizer, out / "model")
+    model = result.model  # whole (None on the other processes of a sharded run)
+    save_final_model(save_model, model, tokenizer, out / "model")
     print(f"saved model to {out / 'model'}")
-    if cfg.train.sample_prompts:
+    if cfg.train.sample_prompts and is_main():
         for prompt, reply in zip(cfg.train.sample_prompts, sample_completions(model, tokenizer, cfg.train.sample_prompts, cfg.train.sample_max_new_tokens)):
             print(f"\n### {prompt}\n{reply}")
     return result

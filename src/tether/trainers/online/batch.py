@@ -67,10 +67,13 @@ class ResponseBatch:
 
 
 def response_hidden(model, batch: ResponseBatch) -> torch.Tensor:
-    """Backbone hidden states at the response positions -> [B, Tr, H]."""
+    """Backbone hidden states at the response positions -> [B, Tr, H], under the run's precision
+    (``tether.parallel.autocast``: bf16 on CUDA by default)."""
     from tether.models import forward_hidden
+    from tether.parallel import autocast
 
-    hidden = forward_hidden(model, batch.input_ids, batch.position_ids, batch.attention_mask)  # [R, T, H]
+    with autocast():
+        hidden = forward_hidden(model, batch.input_ids, batch.position_ids, batch.attention_mask)  # [R, T, H]
     return hidden.reshape(-1, hidden.shape[-1])[batch.positions.to(hidden.device)]  # [B, Tr, H]
 
 
@@ -88,9 +91,12 @@ def response_logprobs(model, hidden: torch.Tensor, batch: ResponseBatch, tempera
     """
     from tether.models.forward import backbone_and_head, masked_token_logprobs, scatter_masked
 
+    from tether.parallel import autocast
+
     _, head = backbone_and_head(model)
     mask = batch.mask.to(hidden.device)  # [B, Tr]
-    logprobs, ent = masked_token_logprobs(hidden, head, batch.response_ids, mask, temperature, chunk_size, entropy)  # [M]
+    with autocast():
+        logprobs, ent = masked_token_logprobs(hidden, head, batch.response_ids, mask, temperature, chunk_size, entropy)  # [M]
     if batch.banned_ids and batch.banned_until > 0:
         targets = batch.response_ids.to(hidden.device)[mask]  # [M]
         early = mask.nonzero(as_tuple=True)[1] < batch.banned_until  # [M] tokens drawn while the ban held

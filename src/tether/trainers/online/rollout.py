@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tether.parallel import device, shard, world
 from tether.trainers.online.batch import ResponseBatch
 from tether.trainers.online.config import PromptDataConfig, SamplingConfig
 
@@ -41,20 +42,26 @@ def sampling_params(cfg: SamplingConfig):
     )
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The sampling generator of one step: seeded by (seed, step) so a resumed run draws the same."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The sampling generator of one step, on the policy's device: seeded by (seed, step) so a
+    resumed run draws the same."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
 
 
 @torch.no_grad()
-def sample_responses(model, tokenizer, prompts: list[list[dict]], group_size: int, params, generator: torch.Generator):
-    """``group_size`` responses to each prompt, group-major (prompt i's are rows i*G .. i*G+G-1)."""
+def sample_responses(model, tokenizer, prompts: list[list[dict]], group_size: int, params, generator: torch.Generator, positions: list[int] | None = None, total_prompts: int = 0):
+    """``group_size`` responses to each prompt, group-major (prompt i's are rows i*G .. i*G+G-1).
+
+    ``positions``: where these prompts sit among the step's ``total_prompts`` when the step is
+    split across processes; each reply is then sampled as in the whole step's batch."""
     from tether.rollout.engine import encode_prompts, generate
 
     was_training = model.training
     model.eval()
     ids = encode_prompts(tokenizer, prompts)
-    rollout = generate(model, tokenizer, [p for p in ids for _ in range(group_size)], params, generator)
+    rows = None if positions is None else [p * group_size + j for p in positions for j in range(group_size)]
+    # No autocast here: the engine runs in the weights' dtype (float32 master weights during training).
+    rollout = generate(model, tokenizer, [p for p in ids for _ in range(group_size)], params, generator, rows=rows, total_rows=total_prompts * group_size)
     model.train(was_training)
     return rollout
 
@@ -69,7 +76,7 @@ def score(source, prompts: list[list[dict]], texts: list[str], group_size: int, 
     """Scores [B] of the responses (prompts repeated ``group_size`` times) and the means of any diagnostics."""
     repeated = [prompt_text(p) for p in prompts for _ in range(group_size)]
     out = source.score(repeated, list(texts))
-    scores = out["reward"].float()  # [B]
+    scores = out["reward"].float().to(device())  # [B], where the policy's log-probs are
     if clip is not None:
         scores = scores.clamp(-clip, clip)
     extras = {f"reward/{k}": float(v.float().mean()) for k, v in out.items() if k != "reward"}
@@ -93,9 +100,15 @@ def collect(run, cfg, step: int, timer) -> Collected:
     ``run``: the ``RunSetup`` (policy, sources, prompts, plan); ``timer``: the step's ``Timer``."""
     t = cfg.train
     group = t.samples_per_prompt
-    prompts = [run.train_prompts[i] for i in run.plan.indices(step)]
+    indices = run.plan.indices(step)
+    # Under torchrun each process takes whole prompts (a group never straddles processes, so group
+    # baselines stay local); in a world of one the share is the whole step.
+    positions = shard(list(range(len(indices))))
+    prompts = [run.train_prompts[indices[i]] for i in positions]
     with timer("generate"):
-        rollout = sample_responses(run.policy, run.tokenizer, prompts, group, run.params, step_generator(t.seed, step))
+        generator = step_generator(t.seed, step, device())
+        split = world().distributed
+        rollout = sample_responses(run.policy, run.tokenizer, prompts, group, run.params, generator, positions if split else None, len(indices))
     with timer("score"):
         scores, extras = score(run.source, prompts, rollout.texts, group, cfg.reward.clip)  # [B]
         gold = score(run.gold, prompts, rollout.texts, group)[0] if run.gold is not None else None  # [B]

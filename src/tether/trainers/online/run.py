@@ -49,18 +49,23 @@ class Timer:
 
 def rollout_metrics(rollout, scores: torch.Tensor, kl: torch.Tensor | None, gold: torch.Tensor | None) -> dict[str, float]:
     """What practitioners watch about the samples themselves. ``kl`` [B, Tr] is None when the run
-    has no reference (β = 0): ``kl/ref`` is then left out rather than logged as a made-up 0."""
-    lengths = rollout.response_mask.sum(1).float()  # [B]
+    has no reference (β = 0): ``kl/ref`` is then left out rather than logged as a made-up 0.
+    Under torchrun the per-response figures of every process are gathered first, so the metrics
+    (and the adaptive KL controller, which reads ``kl/ref``) see the whole step."""
+    from tether.parallel import gather_rows
+
+    scores = gather_rows(scores)  # [B] of all processes
+    lengths = gather_rows(rollout.response_mask.sum(1).float())  # [B]
     out = {
         "reward/mean": float(scores.mean()),
         "reward/std": float(scores.std()) if scores.numel() > 1 else 0.0,
         "response/length": float(lengths.mean()),
-        "response/finished": float(rollout.finished.float().mean()),
+        "response/finished": float(gather_rows(rollout.finished.float()).mean()),
     }
     if kl is not None:
-        out["kl/ref"] = float(kl.sum(1).mean())  # per response, summed over its tokens
+        out["kl/ref"] = float(gather_rows(kl.sum(1)).mean())  # per response, summed over its tokens
     if gold is not None:
-        out["gold/mean"] = float(gold.mean())
+        out["gold/mean"] = float(gather_rows(gold).mean())
     return out
 
 
@@ -91,9 +96,9 @@ def trim_history(history: dict[str, list[float]], steps: int) -> None:
 
 def prepare_output(output_dir: str, resume: bool, keep: int = 2):
     """(Checkpointer, latest checkpoint or None); a fresh run clears an earlier run's state."""
-    from tether.trainers.common import open_checkpoints
+    from tether.trainers.distributed import open_run_checkpoints
 
-    return open_checkpoints(output_dir, resume, keep)
+    return open_run_checkpoints(output_dir, resume, keep)
 
 
 def resume_or_begin(checkpoints, latest, modules, optimizer, scheduler, kl_ctl, monitors) -> tuple[int, dict[str, list[float]], dict | None]:
@@ -129,6 +134,8 @@ def start_run(cfg, reward_source=None, gold_source=None) -> RunSetup:
     from tether.config import save_yaml
     from tether.rollout.engine import pad_token_id
     from tether.trainers.common import StepPlan, configure_threads, load_trainable_model, set_seed
+    from tether.trainers.distributed import check_mode
+    from tether.trainers.online.update import check_online_split
 
     configure_threads(cfg.train.threads)
     set_seed(cfg.train.seed)
@@ -136,6 +143,8 @@ def start_run(cfg, reward_source=None, gold_source=None) -> RunSetup:
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
     policy, tokenizer = load_trainable_model(cfg.model, cfg.lora, cfg.train.seed)
+    check_mode(cfg.train.distributed, cfg.train.prompts_per_step, "train.prompts_per_step")
+    check_online_split(cfg.train.prompts_per_step, cfg.train.minibatch_size)
     reference = Reference(cfg.kl.reference, policy, cfg.lora.enabled) if uses_reference(cfg.kl) else None
     source = reward_source if reward_source is not None else load_reward(cfg.reward.source, cfg.reward.uncertainty_penalty)
     gold = gold_source if gold_source is not None else (load_reward(cfg.reward.gold) if cfg.reward.gold else None)
@@ -145,7 +154,10 @@ def start_run(cfg, reward_source=None, gold_source=None) -> RunSetup:
 
 
 def held_out(run: RunSetup, cfg) -> dict[str, float] | None:
-    if not run.eval_prompts or cfg.data.eval_samples <= 0:
+    """The held-out evaluation; under torchrun the main process alone runs it (it only reads the weights)."""
+    from tether.parallel import is_main
+
+    if not run.eval_prompts or cfg.data.eval_samples <= 0 or not is_main():
         return None
     return evaluate_held_out(
         run.policy, run.tokenizer, run.eval_prompts, run.source, run.gold, run.params, cfg.data.eval_samples, cfg.data.split_seed, run.reference, cfg.sampling.temperature, cfg.model.chunk_size
@@ -175,7 +187,7 @@ class StepState:
 
     def __init__(self, run: RunSetup, cfg, modules, optimizer, scheduler, kl_ctl, title: str, started: float):
         from tether.evaluate.monitors import Monitors
-        from tether.trainers.common import RunLogger
+        from tether.trainers.distributed import open_logger
 
         t = cfg.train
         self.run, self.cfg, self.modules, self.title = run, cfg, modules, title
@@ -188,18 +200,22 @@ class StepState:
             self.before = held_out(run, cfg)
             if self.before:
                 print(f"held-out before training: {self.before}")
-        self.logger = RunLogger(t.output_dir, t.max_steps, self.start_step, progress=t.progress, title=title)
+        self.logger = open_logger(t.output_dir, t.max_steps, self.start_step, t.progress, title)
         self.done = self.start_step
         self.loop_started = time.time()
 
     def _save(self) -> None:
-        self.checkpoints.save(self.done, self.modules, self.optimizer, self.scheduler, checkpoint_extra(self.kl_ctl, self.monitors, self.history, self.before))
+        from tether.trainers.distributed import save_checkpoint
+
+        save_checkpoint(self.checkpoints, self.done, self.modules, self.optimizer, self.scheduler, checkpoint_extra(self.kl_ctl, self.monitors, self.history, self.before))
 
     def end_step(self, step: int, metrics: dict[str, float], samples: int) -> bool:
         """Log step ``step`` (0-based) and checkpoint when due; True when ``train.max_minutes`` is spent."""
         t = self.cfg.train
+        from tether.parallel import world
+
         if "kl/ref" in metrics:  # absent only without a reference, where β stays 0
-            self.kl_ctl.update(metrics["kl/ref"], samples)
+            self.kl_ctl.update(metrics["kl/ref"], samples * world().size)  # samples: this process's; every process has as many
         log_step(self.logger, self.history, self.monitors, step + 1, metrics)
         self.done = step + 1
         if out_of_time(self.cfg, self.loop_started):
@@ -218,11 +234,12 @@ class StepState:
 def finish_run(run: RunSetup, cfg, logger, history, monitors, before, started: float, title: str, steps_done: int) -> dict:
     """Held-out evaluation after training, the final model in HF format, summary.json."""
     from tether.models import save_model
+    from tether.trainers.distributed import save_final_model
 
     logger.close()
     after = held_out(run, cfg)
     out = Path(cfg.train.output_dir)
-    save_model(run.policy, run.tokenizer, out / "model")
+    save_final_model(save_model, run.policy, run.tokenizer, out / "model")
     rows: dict = {"algorithm": title, "steps": steps_done, "seconds": round(time.time() - started, 1)}
     for name, report in (("before", before), ("after", after)):
         for k, v in (report or {}).items():

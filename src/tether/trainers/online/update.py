@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from tether.parallel import gather_rows, global_sum, sum_metrics, world
 from tether.trainers.online.config import OnlineTrainConfig
 
 
@@ -16,44 +17,79 @@ def single_update(cfg: OnlineTrainConfig, batch_size: int) -> bool:
 
 
 def minibatches(n: int, size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """A seeded shuffle of rows 0..n−1 split into minibatches of ``size`` (0: one of all rows)."""
-    size = n if size <= 0 else min(size, n)
+    """A seeded shuffle of rows 0..n−1 split into minibatches of ``size`` (0: one of all rows).
+
+    ``n`` is this process's rows and ``size`` the global minibatch size: under torchrun each
+    process takes ``size / processes`` rows of its own share per update (``check_online_split``
+    makes both divide evenly, so every process runs the same number of updates)."""
+    size = n if size <= 0 else min(size // world().size, n)
     order = torch.randperm(n, generator=generator)
     return [order[i : i + size] for i in range(0, n, size)]
 
 
-def optimizer_step(loss: torch.Tensor, params, optimizer, max_grad_norm: float) -> float:
-    """Backward, clip to ``max_grad_norm`` (<= 0: only measure), step and clear; returns the norm before clipping."""
+def check_online_split(prompts_per_step: int, minibatch_size: int) -> None:
+    """Under torchrun: every process must get the same number of whole prompts and of updates."""
+    w = world()
+    if not w.distributed:
+        return
+    if prompts_per_step % w.size:
+        raise ValueError(f"train.prompts_per_step={prompts_per_step} must be a multiple of the {w.size} processes (each takes whole prompts)")
+    if minibatch_size > 0 and minibatch_size % w.size:
+        raise ValueError(f"train.minibatch_size={minibatch_size} must be a multiple of the {w.size} processes")
+
+
+def global_tokens(mask: torch.Tensor) -> torch.Tensor:
+    """The normaliser of a token-mean loss: the minibatch's response tokens over all processes (≥ 1)."""
+    return global_sum(mask.sum()).clamp(min=1)
+
+
+def optimizer_step(loss: torch.Tensor, params, optimizer, max_grad_norm: float) -> torch.Tensor:
+    """Backward, sum the gradients over processes, clip to ``max_grad_norm`` (<= 0: only measure),
+    step and clear; returns the norm before clipping (a tensor: no host sync here)."""
+    from tether.trainers.distributed import sync_gradients
+
     loss.backward()
+    sync_gradients(params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(grad_norm)
+    return grad_norm.detach()
 
 
 class UpdateMeans:
-    """Means over a step's updates of what each update reports (grad norm, losses, ratio metrics)."""
+    """Means over a step's updates of what each update reports (grad norm, losses, ratio metrics).
+
+    Values may be tensors: they are summed where they are and brought to the host once, in
+    ``means``. Under torchrun ``loss/total`` is each process's part of the global token mean
+    (divided by the global token count), so it is summed over processes; every other value is a
+    per-process figure (the grad norm is the same everywhere) and is averaged over them."""
+
+    SUMMED_OVER_PROCESSES = ("loss/total",)
 
     def __init__(self):
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor | float] = {}
         self.updates = 0
 
-    def add(self, piece: dict[str, float]) -> None:
+    def add(self, piece: dict[str, torch.Tensor | float]) -> None:
         self.updates += 1
         for k, v in piece.items():
+            v = v.detach().to(torch.float64) if isinstance(v, torch.Tensor) else v
             self.sums[k] = self.sums.get(k, 0.0) + v
 
     def means(self) -> dict[str, float]:
-        return {k: v / max(self.updates, 1) for k, v in self.sums.items()}
+        processes = world().size
+        totals = sum_metrics(self.sums)
+        return {k: v / max(self.updates, 1) / (1 if k in self.SUMMED_OVER_PROCESSES else processes) for k, v in totals.items()}
 
 
 def group_metrics(scores: torch.Tensor, advantages: torch.Tensor, group: int) -> dict[str, float]:
     """What GRPO and RLOO log about their groups: mean |advantage|, and the share of groups whose
     replies all scored the same (they carry no signal; many mean too easy or too hard prompts)."""
+    scores, advantages = gather_rows(scores), gather_rows(advantages)  # [B] of every process (whole groups each)
     return {
         "advantage/abs_mean": float(advantages.abs().mean()),
         "reward/zero_std_groups": float((scores.view(-1, group).std(1) == 0).float().mean()),
     }
 
 
-__all__ = ["UpdateMeans", "group_metrics", "minibatches", "optimizer_step", "single_update"]
+__all__ = ["UpdateMeans", "check_online_split", "global_tokens", "group_metrics", "minibatches", "optimizer_step", "single_update"]

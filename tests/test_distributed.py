@@ -1,0 +1,330 @@
+"""Distributed training on the CPU (gloo): 2 processes under torchrun equal 1 process.
+
+Offline commands run in both modes: ``ddp`` (replicated weights, gradients summed once per step)
+and ``fsdp`` (FSDP2 fully_shard: weights, gradients and optimiser state sharded; the final model
+gathered for the export).
+
+Each command runs twice on the same global batches: once in this process (a world of one), once
+as ``torchrun --nproc-per-node 2`` where each process takes half of every global batch. The loss
+is divided by the *global* unit count and the gradients are summed over processes, so the logged
+loss, the gradient norm (measured before clipping, after the gradients are summed), the held-out
+loss and the weights after the run must agree to float32 rounding (the two runs add the same
+numbers in a different order). The micro-batch sizes differ on purpose: 1 process accumulates
+2 micro-batches of 2, each of the 2 processes 2 micro-batches of 1.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tether.config import DPOConfig, SFTConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ["apple", "river", "stone", "cloud", "maple", "ember", "frost", "grain", "harbor", "island", "jade", "kettle"]
+
+
+def torchrun(command: list[str], overrides: list[str], cache: Path, nproc: int = 2) -> None:
+    """``python -m torch.distributed.run --standalone --nproc-per-node N -m tether.cli <command> <overrides>``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "TETHER_CACHE": str(cache)}
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), "-m", "tether.cli", *command, *overrides]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+def records(out: Path, split: str) -> list[dict]:
+    return [r for r in map(json.loads, open(out / "metrics.jsonl")) if r["split"] == split]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def assert_same_run(one: Path, two: Path, model_file: str, keys=("loss", "grad_norm"), mode: str = "ddp") -> None:
+    last = sorted((two / "checkpoints").glob("step-*"))[-1]
+    assert (last / "sharded").is_dir() == (mode == "fsdp")  # FSDP: each process wrote its shard (DCP)
+    a, b = records(one, "train"), records(two, "train")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for k in keys:
+            assert rb[k] == pytest.approx(ra[k], rel=2e-5, abs=1e-7), (ra["step"], k, ra[k], rb[k])
+    ea, eb = records(one, "eval"), records(two, "eval")
+    assert len(ea) == len(eb)
+    for ra, rb in zip(ea, eb):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=2e-5), ("eval", ra, rb)
+    files = sorted(p.name for p in (one / "model").glob(model_file))
+    assert files and files == sorted(p.name for p in (two / "model").glob(model_file))
+    wa = {f"{f}/{k}": v for f in files for k, v in weights(one / "model" / f).items()}
+    wb = {f"{f}/{k}": v for f in files for k, v in weights(two / "model" / f).items()}
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        # AdamW moves each weight by about lr·m/(√v + eps) per update: where a gradient entry is
+        # within rounding of 0 (a sum that cancels) that ratio is ill-conditioned and the entry can
+        # move anywhere in ±lr, and a few updates compound rounding. So: nearly every entry within
+        # 1% of lr (3e-5), none off by more than 2·lr per logged step. A missing gradient sum
+        # changes the update's direction everywhere; a wrong normaliser (which Adam's first update
+        # would not show) changes the logged loss and gradient norm compared above.
+        close = torch.isclose(wb[name], wa[name], rtol=0, atol=3e-5)
+        assert close.float().mean() > 0.999, (name, int((~close).sum()), wa[name].numel())
+        assert (wb[name] - wa[name]).abs().max() <= 2 * 3e-3 * len(a), name
+    assert not (two / "rank1").exists()  # nothing but rank 0 writes
+
+
+def base_overrides(out: Path, micro: int, **extra) -> list[str]:
+    base = {
+        "model.name_or_path": "tiny",
+        "train.output_dir": str(out),
+        "train.max_steps": "2",
+        "train.batch_size": "4",
+        "train.micro_batch_size": str(micro),
+        "train.lr": "3e-3",
+        "train.warmup_ratio": "0",
+        "train.progress": "false",
+        "train.threads": "1",
+        "train.save_every": "0",
+        "data.eval_fraction": "0.25",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_sft_two_processes_equal_one(demo_file, tmp_path, monkeypatch, mode):
+    """SFT: the normaliser is the global batch's completion tokens, which differ between the two
+    processes' shares, so a per-process mean would not match; the global one must."""
+    from tether.trainers.sft import run_sft
+
+    monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
+    extra = {"data.path": str(demo_file), "train.sample_prompts": "[]"}
+    run_sft(load_config(SFTConfig, None, base_overrides(tmp_path / "one", 2, **extra)))
+    torchrun(["sft"], base_overrides(tmp_path / "two", 1, **extra, **{"train.distributed": mode}), tmp_path / "cache")
+    assert_same_run(tmp_path / "one", tmp_path / "two", "model.safetensors", mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_dpo_two_processes_equal_one(tmp_path, monkeypatch, mode):
+    """DPO with a cached reference (each process computes the reference pass; same numbers)."""
+    from tether.trainers.dpo import run_dpo
+
+    data = tmp_path / "pairs.jsonl"
+    with open(data, "w") as f:
+        for w in WORDS:
+            f.write(json.dumps({"prompt": f"Spell {w}", "chosen": " ".join(w.upper()), "rejected": "no no no"}) + "\n")
+    monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
+    extra = {"data.path": str(data), "train.sample_prompts": "[]", "dpo.beta": "0.5"}
+    run_dpo(load_config(DPOConfig, None, base_overrides(tmp_path / "one", 2, **extra)))
+    torchrun(["dpo"], base_overrides(tmp_path / "two", 1, **extra, **{"train.distributed": mode}), tmp_path / "cache")
+    assert_same_run(tmp_path / "one", tmp_path / "two", "model.safetensors", keys=("loss", "grad_norm", "rewards/accuracy", "rewards/margin", "kl"), mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_reward_model_two_processes_equal_one(tmp_path, monkeypatch, mode):
+    from tether.trainers.rm import RMConfig, run_rm_train
+
+    data = tmp_path / "pairs.jsonl"
+    with open(data, "w") as f:
+        for i, w in enumerate(WORDS * 2):
+            f.write(json.dumps({"prompt": f"Rate the {w} #{i}", "chosen": f"The {w} is good.", "rejected": f"The {w} is poor."}) + "\n")
+    monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
+    extra = {"data.path": str(data)}
+    run_rm_train(load_config(RMConfig, None, base_overrides(tmp_path / "one", 2, **extra)))
+    torchrun(["rm", "train"], base_overrides(tmp_path / "two", 1, **extra, **{"train.distributed": mode}), tmp_path / "cache")
+    assert_same_run(tmp_path / "one", tmp_path / "two", "*.safetensors", mode=mode)  # backbone and reward head
+    # The held-out report is computed after training by the main process with the whole model (under
+    # FSDP the one gathered for the export, which must also carry the buffers, e.g. rotary frequencies).
+    ra, rb = (flat_numbers(json.loads((tmp_path / d / "eval.json").read_text())) for d in ("one", "two"))
+    assert ra.keys() == rb.keys() and ra
+    assert rb == pytest.approx(ra, rel=1e-4, abs=1e-5)
+
+
+def flat_numbers(tree, prefix="") -> dict[str, float]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in flat_numbers(sub, f"{prefix}{key}/").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in flat_numbers(sub, f"{prefix}{i}/").items()}
+    return {prefix: float(tree)} if isinstance(tree, (int, float)) and not isinstance(tree, bool) else {}
+
+
+# ---- online: GRPO --------------------------------------------------------------------------------
+
+ONLINE_WORKER = '''
+import json, sys
+import torch
+from tether import parallel
+from tether.config import from_dict
+import tether.rl.advantages as advantages
+from toy_rewards import LowercaseReward
+
+out, algo = sys.argv[1], sys.argv[2]
+seen = {"texts": [], "scores": [], "advantages": []}
+
+class Recording(LowercaseReward):
+    def score(self, prompts, responses):
+        got = super().score(prompts, responses)
+        seen["texts"].append(list(responses))
+        seen["scores"].append(got["reward"].tolist())
+        return got
+
+original = advantages.group_advantages
+def recorded(*args, **kwargs):
+    result = original(*args, **kwargs)
+    seen["advantages"].append(result.tolist())
+    return result
+advantages.group_advantages = recorded
+
+from tether.trainers.grpo import GRPOConfig, run_grpo
+from tether.trainers.ppo import PPOConfig, run_ppo
+sections = {
+    "model": {"name_or_path": "tiny"},
+    "sampling": {"max_new_tokens": 6},
+    "data": {"eval_prompts": 0},
+    "kl": {"coef": 0.1, "adaptive": True, "target": 0.5, "horizon": 10},
+    "train": {"output_dir": out, "max_steps": 2, "progress": False, "save_every": 0, "threads": 1,
+              "prompts_per_step": 4, "samples_per_prompt": 4, "epochs": 2, "minibatch_size": 0, "lr": 3e-3},
+}
+if algo == "ppo":  # whitened GAE advantages (mean and variance over both processes), target_kl decided together
+    run_ppo(from_dict(PPOConfig, {**sections, "ppo": {"whiten_advantages": True, "target_kl": 10.0}}), reward_source=Recording())
+else:
+    run_grpo(from_dict(GRPOConfig, sections), reward_source=Recording())
+json.dump(seen, open(f"{out}/seen-rank{parallel.world().rank}.json", "w"))
+'''
+
+
+def run_online_worker(out: Path, nproc: int, tmp_path: Path, algo: str = "grpo") -> list[dict]:
+    script = tmp_path / "online_worker.py"
+    script.write_text(ONLINE_WORKER)
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO / 'tests'}", "OMP_NUM_THREADS": "1", "TETHER_CACHE": str(tmp_path / "cache")}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] if nproc > 1 else [sys.executable]
+    proc = subprocess.run([*launcher, str(script), str(out), algo], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return [json.loads((out / f"seen-rank{r}.json").read_text()) for r in range(nproc)]
+
+
+def interleave_groups(per_rank: list[list], group: int) -> list:
+    """Rank r holds the step's prompts r, r + n, r + 2n, ... (parallel.shard), G rows each: put the
+    groups back in the step's order."""
+    groups = [[rows[i : i + group] for i in range(0, len(rows), group)] for rows in per_rank]
+    return [row for k in range(len(groups[0])) for g in groups for row in g[k]]
+
+
+def test_grpo_two_processes_equal_one(tmp_path):
+    """2 processes, each with 2 of the step's 4 prompts (4 replies each): every reply is sampled
+    as in the 1-process batch (the sampler draws the whole step's uniforms and keeps its rows), so
+    the replies, scores and group advantages (each group whole on one process) are the same; the
+    token-mean loss uses the token count of both processes, the gradients are summed, and the KL
+    the adaptive controller measures is gathered, so both steps (2 epochs each: the second with
+    a ratio != 1) and the weights after them agree. (Per-token ratio metrics such as approx-KL are
+    logged as the mean of each process's token mean, which is not the global token mean: not compared.)"""
+    one = run_online_worker(tmp_path / "one", 1, tmp_path)[0]
+    two = run_online_worker(tmp_path / "two", 2, tmp_path)
+    for step in range(2):
+        assert interleave_groups([r["texts"][step] for r in two], 4) == one["texts"][step]
+        assert interleave_groups([r["scores"][step] for r in two], 4) == pytest.approx(one["scores"][step], abs=1e-6)
+        together = interleave_groups([r["advantages"][step] for r in two], 4)
+        assert together == pytest.approx(one["advantages"][step], abs=1e-5)
+        assert any(abs(a) > 0.1 for a in together)  # groups whose replies scored differently
+    assert_same_run(tmp_path / "one", tmp_path / "two", "model.safetensors", keys=("loss/total", "grad_norm", "reward/mean", "reward/std", "kl/ref", "kl/coef", "advantage/abs_mean"))
+
+
+def test_fsdp_run_killed_and_resumed_equals_uninterrupted(demo_file, tmp_path):
+    """2 FSDP processes, sharded checkpoints every 2 steps: the whole process group SIGKILLed after a
+    checkpoint at step >= 4 and resumed (train.resume=true, same 2 processes) ends with the weights
+    of a run never interrupted. Each process restores its own shard of the weights and of AdamW's
+    moments from the DCP checkpoint; the data order comes from the step number."""
+    import signal
+    import time
+
+    steps = 40
+    extra = {"data.path": str(demo_file), "train.sample_prompts": "[]", "train.distributed": "fsdp", "train.save_every": "2", "train.max_steps": str(steps), "data.eval_fraction": "0"}
+    torchrun(["sft"], base_overrides(tmp_path / "straight", 1, **extra), tmp_path / "cache")
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "TETHER_CACHE": str(tmp_path / "cache")}
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "tether.cli", "sft", *base_overrides(killed, 1, **extra)]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 180
+    ckpts = killed / "checkpoints"
+    while time.time() < deadline and proc.poll() is None:
+        done = [p for p in ckpts.glob("step-*") if (p / "COMPLETE").exists()] if ckpts.exists() else []
+        if any(int(p.name.split("-")[1]) >= 4 for p in done):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be killed: " + proc.stderr.read().decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers at once
+    proc.wait()
+    assert not (killed / "model").exists()
+    stopped_at = max(int(p.name.split("-")[1]) for p in ckpts.glob("step-*") if (p / "COMPLETE").exists())
+    assert stopped_at < steps
+
+    torchrun(["sft"], [*base_overrides(killed, 1, **extra), "train.resume=true"], tmp_path / "cache")
+    a, b = weights(tmp_path / "straight" / "model" / "model.safetensors"), weights(killed / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    resumed = records(killed, "train")
+    assert sorted({r["step"] for r in resumed}) == list(range(1, steps + 1))  # both parts of the run logged every step
+
+
+def test_ppo_two_processes_equal_one(tmp_path):
+    """PPO's advantages are whitened over the whole step's response tokens: with the mean and
+    variance summed over both processes (``whiten(sum_over=global_sum)``) the 2-process step equals
+    the 1-process one (replies, value head and policy update); a per-process whitening would not."""
+
+    one = run_online_worker(tmp_path / "one", 1, tmp_path, "ppo")[0]
+    two = run_online_worker(tmp_path / "two", 2, tmp_path, "ppo")
+    for step in range(2):
+        assert interleave_groups([r["texts"][step] for r in two], 4) == one["texts"][step]
+    assert_same_run(tmp_path / "one", tmp_path / "two", "*.safetensors", keys=("loss/total", "grad_norm", "reward/mean", "kl/ref", "kl/coef"))
+
+
+# ---- placement and refusals (one process) --------------------------------------------------------
+
+
+def test_placement_auto_is_float32_on_the_cpu_and_cuda_is_refused_without_a_gpu(capsys):
+    from tether.parallel import World, resolve_placement
+
+    w = World(0, 1, 0)
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: auto would pick it")
+    p = resolve_placement("auto", "auto", w)
+    assert p.device == torch.device("cpu") and p.compute_dtype is None  # nothing changes on the CPU
+    assert resolve_placement("cpu", "bfloat16", w).compute_dtype == torch.bfloat16
+    assert "slower" in capsys.readouterr().out  # bf16 on a CPU is allowed, with a warning
+    with pytest.raises(ValueError, match="model.device='cuda'"):
+        resolve_placement("cuda", "auto", w)
+    with pytest.raises(ValueError, match="model.dtype"):
+        resolve_placement("cpu", "float16", w)
+
+
+def test_fsdp_is_refused_for_online_runs_and_uneven_batches(monkeypatch):
+    """Under torchrun (faked: the environment says 2 processes, and joining the group is skipped)."""
+    from tether import parallel
+    from tether.trainers.distributed import check_mode
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(parallel, "init", lambda backend=None: parallel.World(0, 2, 0))
+    with pytest.raises(NotImplementedError, match="train.distributed=fsdp"):
+        check_mode("fsdp", 4, "train.prompts_per_step", online=True)
+    with pytest.raises(ValueError, match="train.batch_size=3 must be a multiple"):
+        check_mode("fsdp", 3, "train.batch_size")
+    with pytest.raises(ValueError, match="train.batch_size=1 is smaller"):
+        check_mode("ddp", 1, "train.batch_size")
+    check_mode("ddp", 3, "train.batch_size")  # data parallel takes uneven shares
+
+
+def test_one_process_is_untouched_by_the_collectives():
+    """In a world of one, gradients and metric sums are left as they are (no torch.distributed call)."""
+    from tether.parallel import all_reduce_gradients, sum_metrics
+
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    p.grad = torch.tensor([0.5, -0.25])
+    all_reduce_gradients([p])
+    assert p.grad.tolist() == [0.5, -0.25]
+    assert sum_metrics({"loss": torch.tensor(1.5), "tokens": 7.0}) == {"loss": 1.5, "tokens": 7.0}
