@@ -167,9 +167,9 @@ def test_evaluation_is_bounded_and_says_so(tmp_path, monkeypatch, capsys):
     seen = []
     real = offline.evaluate
 
-    def counting(model, objective, examples, micro):
+    def counting(model, objective, examples, micro, dist=None):
         seen.append(len(examples))
-        return real(model, objective, examples, micro)
+        return real(model, objective, examples, micro, dist)
 
     monkeypatch.setattr(offline, "evaluate", counting)
     data = _pairs(tmp_path / "pairs.jsonl")
