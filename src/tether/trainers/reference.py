@@ -133,6 +133,8 @@ def model_fingerprint(model: torch.nn.Module, *parts: object) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         t = tensor.detach()
+        if hasattr(t, "full_tensor"):  # a DTensor shard under FSDP: hash the whole weight (every process calls this)
+            t = t.full_tensor()
         t = t if t.dtype in (torch.float32, torch.float64, torch.int64, torch.int32) else t.to(torch.float32)
         h.update(t.contiguous().cpu().numpy().data)  # the buffer itself: no copy for float32 weights
     h.update(repr(parts).encode())
