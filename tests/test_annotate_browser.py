@@ -78,9 +78,16 @@ def test_annotate_in_chromium(projects, tmp_path):
             page.goto(f"http://127.0.0.1:{port}/#token={ann}")
             page.wait_for_selector("#pair:not([hidden])")
             chosen_texts = []
+            shown_before = None
             for step in range(2):
                 expect(page.locator("#left .text")).not_to_be_empty()
+                if shown_before is not None:  # the save is acknowledged before the next item is drawn: wait for it
+                    page.wait_for_function(
+                        "prev => document.querySelector('#left .text').textContent + '|' + document.querySelector('#right .text').textContent !== prev",
+                        arg=shown_before,
+                    )
                 left, right = page.inner_text("#left .text"), page.inner_text("#right .text")
+                shown_before = page.evaluate("() => document.querySelector('#left .text').textContent + '|' + document.querySelector('#right .text').textContent")
                 prompt = page.inner_text("#prompt")
                 if "film" in prompt:
                     assert XSS in (left + right) and XSS in prompt  # shown as text, character for character
