@@ -212,9 +212,10 @@ def _eval_judge(cfg: IterateConfig, labeller):
         return load_judge(it.eval_judge)
     if labeller is not None:
         return labeller
-    from tether.feedback.judges import load_judge
+    from tether.feedback.judges import RewardJudge
+    from tether.feedback.simulated import load_gold
 
-    return load_judge(it.gold)
+    return RewardJudge(load_gold(it.gold), name=it.gold)  # the gold the simulated annotators see, hard verdicts
 
 
 def evaluate_round(cfg: IterateConfig, policy, tokenizer, initial, prompts: list, judge) -> dict:
@@ -282,7 +283,7 @@ def run_iterate(cfg: IterateConfig, judge=None) -> dict:
             model=dataclasses.replace(cfg.model, name_or_path=start_name),
             lora=cfg.lora,
             data=dataclasses.replace(cfg.data, path=str(pairs_path)),
-            train=dataclasses.replace(cfg.train, output_dir=str(rd / "dpo"), resume=True),
+            train=dataclasses.replace(cfg.train, output_dir=str(rd / "dpo"), resume=(rd / "dpo" / "checkpoints").is_dir()),  # the round's own DPO resumes at its step
             dpo=dataclasses.replace(cfg.dpo, reference="copy") if it.reference == "initial" else cfg.dpo,
         )
         reference_model = _load(cfg, initial_name)[0] if it.reference == "initial" and k > 1 else None
