@@ -75,6 +75,14 @@ TRAINING_COMMANDS["online-dpo"] = TrainingCommand(
 )
 ONLINE_DPO_MARKERS = ("--online", "dpo.online=true")
 
+# Iterative DPO: rounds of sample -> label -> DPO -> held-out evaluation, each kept under round_<k>/.
+TRAINING_COMMANDS["iterate"] = TrainingCommand(
+    "tether.trainers.iterate:IterateConfig",
+    "tether.trainers.iterate:run_iterate",
+    "Iterative DPO: rounds of sampling from the current policy, labelling (a judge, an ensemble with an uncertainty rule, simulated annotators or people's exported labels), DPO from the previous round's policy and a held-out win-rate; a killed run resumes where it stopped.",
+    {"--rounds": "iterate.rounds", "--labeller": "iterate.labeller", "--prompts": "iterate.prompts"},
+)
+
 
 def _route_online_dpo(argv: list[str]) -> list[str]:
     """``tether dpo --online ...`` (or ``dpo.online=true``) -> ``tether online-dpo ...``."""

@@ -180,8 +180,10 @@ def build_objective(cfg: DPOConfig, model, tokenizer, data) -> PreferenceObjecti
     return PreferenceObjective(cfg.dpo.loss, loss_kwargs(cfg.dpo), reference, tokenizer.pad_token_id, layout, cfg.data.max_length, cfg.model.chunk_size)
 
 
-def run_dpo(cfg: DPOConfig) -> FitResult:
-    """Train ``cfg.model`` with the preference loss ``cfg.dpo.loss``; saves to ``<output_dir>/model``."""
+def run_dpo(cfg: DPOConfig, reference_model=None) -> FitResult:
+    """Train ``cfg.model`` with the preference loss ``cfg.dpo.loss``; saves to ``<output_dir>/model``.
+    ``reference_model``: another model as the reference (a frozen copy of it; ``tether iterate``
+    with iterate.reference=initial), instead of the model's own starting weights."""
     from tether.losses.preference import PreferenceLoss, spec_of
     from tether.models import save_model
     from tether.parallel import is_main
@@ -205,6 +207,10 @@ def run_dpo(cfg: DPOConfig) -> FitResult:
         add_mismatched_completions(data.train, cfg.train.seed, cfg.data.max_length)
         add_mismatched_completions(data.eval, cfg.train.seed + 1, cfg.data.max_length)
     objective = build_objective(cfg, model, tokenizer, data)
+    if reference_model is not None:
+        if not spec.needs_reference or cfg.dpo.reference != "copy":
+            raise ValueError(f"a separate reference model needs a loss with a reference and dpo.reference=copy (got {cfg.dpo.loss}, {cfg.dpo.reference})")
+        objective.reference = ReferencePolicy("copy", reference_model, cfg.model.chunk_size)
     result = fit(model, objective, data.train, data.eval, cfg.train, title=cfg.dpo.loss, report=data.report)
     model = result.model  # whole (None on the other processes of a sharded run)
     save_final_model(save_model, model, tokenizer, out / "model")

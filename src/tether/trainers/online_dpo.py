@@ -11,7 +11,8 @@ itself (temperature 1), as in offline DPO; the reference is the model with its L
 or a frozen copy (``kl.reference``), run only for losses that need one.
 
 Logged: the loss's own metrics (implicit rewards, margin, accuracy), ``label/ties``,
-``label/confidence`` (mean |P − ½|·2), ``label/score_gap`` (reward.source of chosen minus
+``label/confidence`` (mean |P − ½|·2), with ``online.uncertainty`` also ``label/dropped`` and
+``label/weight_mean`` (the ensemble's confidence rule, ``tether.feedback.uncertainty``), ``label/score_gap`` (reward.source of chosen minus
 rejected), ``kl/ref`` (per reply, ``kl.estimator``), the reward of the samples. Checkpoints,
 resume, the time budget and the before/after held-out reward come from the online trainers'
 machinery; the held-out win-rate against the reference is added at the end as for ``tether nash``.
@@ -33,6 +34,9 @@ class OnlineLabelSection:
     labeller: str = opt("reward", "Who labels each sampled pair: 'reward' (reward.source compared pairwise) or any `tether eval --judge` spec, e.g. the directory of a saved preference model (tether pm train).")
     judge_temperature: float = opt(0.0, "labeller=reward: 0 gives hard verdicts (ties dropped); T > 0 gives sigmoid((r - r') / T), the winner still being the side above 1/2.")
     eval_bootstrap: int = opt(1000, "Rounds of the paired bootstrap over held-out prompts for the win-rate interval (0: no interval).")
+    uncertainty: str = opt("off", "Uncertainty-aware DPO with a reward-model ensemble as labeller (online.labeller the ensemble's directory, or 'reward' with reward.source one): 'weight' weights each pair by |2·P̄ − 1| (P̄ the members' mean Bradley–Terry probability), 'drop' drops pairs whose mean reward gap is within uncertainty_k spreads of 0, 'off' labels by P̄ alone. See tether.feedback.uncertainty.")
+    uncertainty_k: float = opt(1.0, "uncertainty=drop: keep a pair only if |mean gap| > k · std of the members' gaps.")
+    uncertainty_temperature: float = opt(1.0, "Temperature T of each member's preference probability sigmoid(gap / T).")
 
 
 @dataclass
@@ -60,6 +64,10 @@ def _check(cfg: OnlineDPOConfig) -> None:
         raise ValueError("kl.coef / kl.adaptive do not apply to online DPO: the pull towards the reference is dpo.beta")
     if cfg.dpo.reference == "cached":
         raise ValueError("dpo.reference=cached does not apply online (fresh samples every step); choose the reference with kl.reference")
+    from tether.feedback.uncertainty import RULES
+
+    if cfg.online.uncertainty not in RULES:
+        raise ValueError(f"online.uncertainty must be one of {RULES}, got {cfg.online.uncertainty!r}")
     if cfg.dpo.reference != "auto":
         print(f"warning: dpo.reference={cfg.dpo.reference} is ignored online; kl.reference={cfg.kl.reference} chooses the reference")
 
@@ -77,6 +85,7 @@ def run_online_dpo(cfg: OnlineDPOConfig, reward_source=None, gold_source=None, j
     """The online DPO loop; saves ``<output_dir>/model`` and returns the summary rows. ``judge``
     (a PairJudge) overrides ``online.labeller``."""
     from tether.losses.preference import preference_loss, spec_of
+    from tether.losses.reduce import example_mean
     from tether.rl.kl import kl_estimate
     from tether.trainers.common import ensure_finite
     from tether.trainers.dpo import loss_kwargs
@@ -88,11 +97,18 @@ def run_online_dpo(cfg: OnlineDPOConfig, reward_source=None, gold_source=None, j
 
     started = time.time()
     _check(cfg)
+    if cfg.online.uncertainty != "off" and judge is None:
+        from tether.feedback.uncertainty import EnsembleJudge
+
+        o = cfg.online
+        judge = EnsembleJudge(cfg.reward.source if o.labeller == "reward" else o.labeller, o.uncertainty, o.uncertainty_k, o.uncertainty_temperature)
     t = cfg.train
     spec = spec_of(cfg.dpo.loss)
     # kl_ctl stays at 0 (kl.coef must be 0): only carried for the checkpoint format.
     judged = start_judged_run(cfg, reward_source, gold_source, judge, cfg.online.labeller, cfg.online.judge_temperature, "online.labeller", "online_dpo", started)
     run, judge, params, optimizer, scheduler, state = judged.run, judged.judge, judged.params, judged.optimizer, judged.scheduler, judged.state
+    if cfg.online.uncertainty != "off" and not hasattr(judge, "label"):
+        raise ValueError(f"online.uncertainty={cfg.online.uncertainty} needs an ensemble labeller (tether.feedback.uncertainty.EnsembleJudge), got {type(judge).__name__}")
     chunk, hparams = cfg.model.chunk_size, loss_kwargs(cfg.dpo)
     run.policy.train()
     for step in range(state.start_step, t.max_steps):
@@ -100,12 +116,21 @@ def run_online_dpo(cfg: OnlineDPOConfig, reward_source=None, gold_source=None, j
         got = collect(run, cfg, step, timer)  # 2 replies per prompt, rows (2i, 2i+1)
         texts = got.rollout.texts
         with timer("judge"):
-            win = judge([prompt_text(p) for p in got.prompts], texts[0::2], texts[1::2]).float()  # [N] P(2i ≻ 2i+1)
+            pair_prompts = [prompt_text(p) for p in got.prompts]
+            if cfg.online.uncertainty != "off":  # the ensemble's confidence rule: P̄ and a weight per pair
+                win, weights = judge.label(pair_prompts, texts[0::2], texts[1::2])  # [N], [N]
+                win = torch.where(weights > 0, win.float(), torch.full_like(win.float(), 0.5))  # a dropped pair is left out like a tie
+            else:
+                win, weights = judge(pair_prompts, texts[0::2], texts[1::2]).float(), None  # [N] P(2i ≻ 2i+1)
         chosen, rejected, kept = label_pairs(win)
         mask = got.batch.mask  # [B, Tr]
         with timer("reference"):
             ref_lp = run.reference.logprobs(run.policy, got.batch, 1.0, chunk)  # [B, Tr]
         metrics: dict[str, float] = {"label/ties": 1.0 - kept.numel() / win.numel(), "label/confidence": float((win - 0.5).abs().mean() * 2)}
+        if weights is not None:
+            from tether.feedback.uncertainty import weight_metrics
+
+            metrics.update(weight_metrics(weights))
         with timer("update"):
             logprobs, _ = response_logprobs(run.policy, response_hidden(run.policy, got.batch), got.batch, 1.0, chunk)  # [B, Tr]
             seq = (logprobs * mask).sum(1)  # [B]
@@ -116,7 +141,7 @@ def run_online_dpo(cfg: OnlineDPOConfig, reward_source=None, gold_source=None, j
                     cfg.dpo.loss, policy_chosen=seq[chosen], policy_rejected=seq[rejected], chosen_len=lengths[chosen], rejected_len=lengths[rejected],
                     **({"ref_chosen": ref_seq[chosen], "ref_rejected": ref_seq[rejected]} if spec.needs_reference else {}), **hparams,
                 )  # [M]
-                loss = losses.mean()
+                loss = example_mean(losses, None if weights is None or cfg.online.uncertainty != "weight" else weights[kept])
                 ensure_finite(loss.detach(), step + 1)
                 metrics["grad_norm"] = optimizer_step(loss, params, optimizer, t.max_grad_norm)
                 metrics["loss/total"] = float(loss.detach())
