@@ -5,6 +5,7 @@ The tiny model writes random tokens, which VADER scores 0 (no pairs to learn fro
 use the fraction of lowercase letters (tests/toy_rewards.py) as the gold function instead.
 """
 
+import io
 import json
 import os
 import shutil
@@ -133,7 +134,7 @@ def test_a_killed_stage_reruns_alone_and_a_changed_rm_setting_reruns_only_what_f
 def test_time_left_scales_the_remaining_estimates_by_measured_over_estimated():
     """Estimates 10, 20, 30 s. Before any stage: 60 s left. Stage 0 took 20 s against 10 estimated,
     so the factor is 2 and the 20 + 30 s left become 100 s."""
-    display = StageDisplay([10.0, 20.0, 30.0], stream=open(os.devnull, "w"))
+    display = StageDisplay([10.0, 20.0, 30.0], stream=io.StringIO())
     assert display.left(0) == 60.0
     display("finish", {"stage": "a", "position": 0, "total": 3, "seconds": 20.0})
     assert display.factor() == 2.0 and display.left(1) == 100.0

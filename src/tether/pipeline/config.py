@@ -41,7 +41,7 @@ class PipelineFeedback:
 
 @dataclass
 class PipelineRM:
-    steps: int = opt(40, "Optimizer steps of the reward model.")
+    steps: int = opt(30, "Optimizer steps of the reward model.")
     batch_size: int = opt(8, "Pairs per step.")
     lr: float = opt(1e-3, "Learning rate (LoRA).")
     lora_r: int = opt(16, "LoRA rank (alpha = 2r).")
@@ -94,7 +94,7 @@ class PipelineConfig:
     rm: PipelineRM = field(default_factory=PipelineRM)
     ppo: PipelineMethod = _method(steps=30, lr=3e-4, kl=0.05, sweep=[0.01, 0.2])
     grpo: PipelineMethod = _method(steps=30, lr=3e-4, kl=0.04, sweep=[0.005, 0.2])
-    dpo: PipelineMethod = _method(steps=30, lr=2e-4, kl=0.1, max_minutes=None, sweep=[0.03, 0.5])
+    dpo: PipelineMethod = _method(steps=24, lr=2e-4, kl=0.1, max_minutes=None, sweep=[0.03, 0.5])
     eval: PipelineEval = field(default_factory=PipelineEval)
     run: PipelineRun = field(default_factory=PipelineRun)
 

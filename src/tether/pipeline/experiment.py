@@ -129,12 +129,12 @@ def _common(cfg: PipelineConfig, out: Path) -> list[str]:
 
 def rm_stage(cfg: PipelineConfig, ctx: StageContext) -> dict:
     """A LoRA reward model on pairs.jsonl; then its accuracy and calibration on the held-out gold pairs."""
+    import torch
+
     from tether.config import load_config
     from tether.evaluate.reward_metrics import calibration_bins, reward_model_report
     from tether.rollout.rewards import load_reward_source
     from tether.trainers.rm import RMConfig, run_rm_train
-
-    import torch
 
     _threads(cfg)
     r = cfg.rm
@@ -155,7 +155,7 @@ def rm_stage(cfg: PipelineConfig, ctx: StageContext) -> dict:
     prompts = [p["prompt"] for p in held]
     scores = source.score(prompts * 2, [p["chosen"] for p in held] + [p["rejected"] for p in held])["reward"].double()  # [2N]
     chosen, rejected = scores[: len(held)], scores[len(held) :]  # [N], [N]
-    words = lambda key: torch.tensor([float(len(p[key].split())) for p in held])  # noqa: E731  [N]
+    words = lambda key: torch.tensor([float(len(p[key].split())) for p in held])
     report = reward_model_report(chosen, rejected, words("chosen"), words("rejected"))
     report["bins"] = calibration_bins(chosen, rejected)
     (ctx.out / "heldout_eval.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -210,7 +210,12 @@ def dpo_stage(cfg: PipelineConfig, kl: float, ctx: StageContext) -> dict:
 
 def eval_stage(cfg: PipelineConfig, trained: str, ctx: StageContext) -> dict:
     """The trained policy against the starting model on the held-out prompts (tether eval's computation)."""
-    from tether.evaluate.policy import EvalSettings, evaluate_policy, summary_metrics, write_eval
+    from tether.evaluate.policy import (
+        EvalSettings,
+        evaluate_policy,
+        summary_metrics,
+        write_eval,
+    )
     from tether.feedback.judges import load_judge
     from tether.feedback.sample import prompt_messages
     from tether.feedback.simulated import load_gold
@@ -254,7 +259,7 @@ def run_name(cfg: PipelineConfig, method: str, kl: float) -> str:
 
 def estimates(cfg: PipelineConfig) -> dict[str, float]:
     """Rough seconds per stage on the default model and 2 CPU threads (the display corrects them)."""
-    online = lambda m: 20.0 + min(m.steps * 7.0, (m.max_minutes or 1e9) * 60)  # noqa: E731
+    online = lambda m: 20.0 + min(m.steps * 7.0, (m.max_minutes or 1e9) * 60)
     return {
         "prompts": 1.0,
         "sample": LOAD_S + cfg.sample.k * cfg.sample.max_new_tokens * 0.02 * (80 - cfg.data.eval_prompts) / 4,

@@ -26,7 +26,7 @@ CURVE_KEYS = {
     "gold/mean": "gold reward",
     "kl/ref": "KL to reference",
     "loss": "DPO loss",
-    "reward_margin": "DPO reward margin",
+    "rewards/margin": "DPO implicit reward margin",
 }
 
 
