@@ -132,12 +132,16 @@ def test_a_killed_stage_reruns_alone_and_a_changed_rm_setting_reruns_only_what_f
 
 
 def test_time_left_scales_the_remaining_estimates_by_measured_over_estimated():
-    """Estimates 10, 20, 30 s. Before any stage: 60 s left. Stage 0 took 20 s against 10 estimated,
-    so the factor is 2 and the 20 + 30 s left become 100 s."""
+    """Estimates 10, 20, 30 s, prior 60 s. Before any stage: 60 s left. Stage 0 took 80 s against 10
+    estimated: factor (80 + 60) / (10 + 60) = 2, so the 20 + 30 s left become 100 s. A stage of 0 s
+    against 1 s estimated barely moves it: (0 + 60) / (1 + 60)."""
     display = StageDisplay([10.0, 20.0, 30.0], stream=io.StringIO())
-    assert display.left(0) == 60.0
-    display("finish", {"stage": "a", "position": 0, "total": 3, "seconds": 20.0})
-    assert display.factor() == 2.0 and display.left(1) == 100.0
+    assert display.PRIOR_S == 60.0 and display.left(0) == 60.0
+    display("finish", {"stage": "a", "position": 0, "total": 3, "seconds": 80.0})
+    assert display.factor() == pytest.approx(2.0) and display.left(1) == pytest.approx(100.0)
+    quick = StageDisplay([1.0, 100.0], stream=io.StringIO())
+    quick("finish", {"stage": "a", "position": 0, "total": 2, "seconds": 0.0})
+    assert quick.left(1) == pytest.approx(100.0 * 60.0 / 61.0)
 
 
 def test_running_mean_averages_the_last_window_values():
