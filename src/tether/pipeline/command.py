@@ -130,10 +130,14 @@ def _pipeline_command(args: argparse.Namespace) -> int:
 
 def add_pipeline_command(sub) -> None:
     """Register ``tether pipeline`` (called by tether.cli)."""
+    from tether.cli import _key_table
+    from tether.pipeline.config import PipelineConfig
+
     p = sub.add_parser(
         "pipeline",
         help="The whole loop on the bundled sentiment task: sample, simulated feedback, reward model, PPO/GRPO/DPO, evaluation, HTML report.",
         description=__doc__,
+        epilog=_key_table(PipelineConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default=None, help=f"pipeline YAML (default: the packaged {DEFAULT_CONFIG}.yaml)")

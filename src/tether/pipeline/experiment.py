@@ -76,7 +76,7 @@ def sample_stage(cfg: PipelineConfig, ctx: StageContext) -> dict:
     _threads(cfg)
     prompts = [prompt_messages(r["prompt"]) for r in _read_jsonl(ctx.inputs["prompts"].dir / "train.jsonl")]
     ctx.report(f"loading {cfg.model.name_or_path} (converted on first use)")
-    model, tokenizer = load_model(cfg.model.name_or_path)
+    model, tokenizer = load_model(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     s = cfg.sample
     settings = SampleSettings(temperature=s.temperature, max_new_tokens=s.max_new_tokens, seed=s.seed)
     report = sample_file(model, tokenizer, prompts, ctx.out / "samples.jsonl", k=s.k, settings=settings, batch_size=s.batch_size, model_name=cfg.model.name_or_path)
@@ -124,7 +124,8 @@ def label_stage(cfg: PipelineConfig, ctx: StageContext) -> dict:
 
 
 def _common(cfg: PipelineConfig, out: Path) -> list[str]:
-    return [f"model.name_or_path={cfg.model.name_or_path}", f"train.output_dir={out}", f"train.progress={str(_progress()).lower()}"] + ([f"train.threads={cfg.run.threads}"] if cfg.run.threads else [])
+    model = [f"model.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in asdict(cfg.model).items()]  # every model key reaches every trainer
+    return model + [f"train.output_dir={out}", f"train.progress={str(_progress()).lower()}"] + ([f"train.threads={cfg.run.threads}"] if cfg.run.threads else [])
 
 
 def rm_stage(cfg: PipelineConfig, ctx: StageContext) -> dict:
@@ -227,8 +228,8 @@ def eval_stage(cfg: PipelineConfig, trained: str, ctx: StageContext) -> dict:
     run = ctx.inputs[trained]
     prompts = [prompt_messages(r["prompt"]) for r in _read_jsonl(ctx.inputs["prompts"].dir / "heldout.jsonl")]
     rm = ctx.inputs["rm"]
-    policy, tokenizer = load_model(str(run.dir / run.result["model"]))
-    reference, ref_tokenizer = load_model(cfg.model.name_or_path)
+    policy, tokenizer = load_model(str(run.dir / run.result["model"]), trust_remote_code=cfg.model.trust_remote_code)
+    reference, ref_tokenizer = load_model(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     e = cfg.eval
     settings = EvalSettings(
         sampling=SamplingParams(max_new_tokens=e.max_new_tokens, temperature=e.temperature), samples_per_prompt=e.samples_per_prompt,
