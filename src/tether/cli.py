@@ -327,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(sub)
     _add_annotate_parser(sub)
 
+    # `tether pipeline`: the whole loop as resumable stages, with an HTML report.
+    from tether.pipeline.command import add_pipeline_command
+
+    add_pipeline_command(sub)
+
     _add_generate_parser(sub)
 
     # Collecting feedback: `tether sample`, `tether label` (simulated annotators), `tether judge` (AI feedback).

@@ -32,7 +32,7 @@ h1 { font-size: 1.7rem; margin-bottom: .2rem; } h2 { margin-top: 2.2rem; border-
 th, td { border: 1px solid #d0d7de; padding: .35rem .7rem; text-align: left; vertical-align: top; }
 th { background: #f6f8fa; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .plots { display: flex; flex-wrap: wrap; gap: 1rem; } .plot svg { max-width: 100%; height: auto; }
-.sample td { white-space: pre-wrap; max-width: 22rem; font-size: .92rem; }
+.sample td { white-space: pre-wrap; overflow-wrap: anywhere; max-width: 22rem; font-size: .92rem; }
 .warn { color: #9a6700; } .note { color: #57606a; font-size: .92rem; }
 """
 
