@@ -211,15 +211,21 @@ class Checkpointer:
             "extra": extra or {},
         }
         torch.save(state, tmp / "state.pt")
+        self._commit(tmp, final, step)
+        return final
+
+    def _commit(self, tmp: Path, final: Path, step: int) -> None:
+        """Mark ``tmp`` complete, flush every file in it, and rename it to ``final`` in one step: a
+        checkpoint is either whole under its final name or absent."""
         (tmp / "COMPLETE").write_text(str(step))
-        for f in tmp.iterdir():  # flush file contents before the rename makes them visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        for f in tmp.rglob("*"):  # flush file contents before the rename makes them visible
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         self._prune()
-        return final
 
     def _prune(self) -> None:
         done = sorted(p for p in self.root.glob("step-*") if (p / "COMPLETE").exists())

@@ -11,7 +11,6 @@ only tests the same count).
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -46,15 +45,7 @@ class ShardedCheckpointer(Checkpointer):
         if w.is_main:
             state = {"step": step, "scheduler": scheduler.state_dict() if scheduler is not None else None, "rng": rng_state(), "extra": extra or {}}
             torch.save(state, tmp / "state.pt")
-            (tmp / "COMPLETE").write_text(str(step))
-            for f in tmp.rglob("*"):
-                if f.is_file():
-                    with open(f, "rb") as fh:
-                        os.fsync(fh.fileno())
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            self._prune()
+            self._commit(tmp, final, step)
         parallel.barrier()
         return final
 
