@@ -117,3 +117,20 @@ def forward_token_logprobs(
 
 
 __all__ = ["backbone_and_head", "forward_hidden", "forward_token_logprobs", "masked_token_logprobs", "scatter_masked", "unwrap_peft"]
+
+
+def keep_first_layers(model, n: int) -> None:
+    """Cut a causal LM's decoder to its first ``n`` layers, in place (plain or PEFT-wrapped).
+
+    The final norm still follows, so the hidden states keep their scale; the config says ``n``
+    layers, so a model saved afterwards reloads as the cut model. Why: a reward model for a
+    lexical judgement (sentiment, say) reads what it needs from early layers, and a cut backbone
+    costs a fraction of the full one to train and to score with."""
+    inner = unwrap_peft(model)
+    layers = inner.get_decoder().layers
+    if not 1 <= n <= len(layers):
+        raise ValueError(f"keeping the first {n} layers of a model with {len(layers)}: choose 1..{len(layers)}")
+    inner.get_decoder().layers = layers[:n]
+    inner.config.num_hidden_layers = n
+    if isinstance(getattr(inner.config, "layer_types", None), list):  # per-layer attention kinds, where the config lists them
+        inner.config.layer_types = inner.config.layer_types[:n]

@@ -49,6 +49,7 @@ class RewardSection:
     bootstrap: bool = opt(True, "Train each ensemble member on a bootstrap resample (with replacement) of the training data.")
     penalty: float = opt(1.0, "lambda of the uncertainty-penalised reward mean - lambda * std, stored with an ensemble.")
     pooling: PoolingName = opt("last", "What the head reads: the final hidden state at the response's last token, or the mean over the response's tokens.")
+    layers: int = opt(0, "Keep only the backbone's first N decoder layers (0: all). A cut backbone trains and scores in a fraction of the time; early layers suffice for lexical judgements such as sentiment. The saved model is the cut one.")
 
 
 @dataclass
@@ -283,6 +284,11 @@ def run_rm_train(cfg: RMConfig):
         raise ValueError("rm.ensemble_size must be at least 1")
     lora_for_single = cfg.lora if size == 1 else replace(cfg.lora, enabled=False)  # an ensemble adds its own adapters
     backbone, tokenizer = load_trainable_model(cfg.model, lora_for_single, cfg.train.seed)
+    if cfg.rm.layers:
+        from tether.models.forward import keep_first_layers
+
+        keep_first_layers(backbone, cfg.rm.layers)
+        print(f"reward model backbone: the first {cfg.rm.layers} decoder layers (rm.layers)")
     data = prepare_reward_data(tokenizer, cfg)
     for line in data.report:
         print(line)
