@@ -191,3 +191,23 @@ def test_held_out_prompts_warn_when_the_policy_trained_on_some(capsys):
     assert "warning" not in capsys.readouterr().err
     assert len(held_out_prompts("bundled:review_prompts", 8, 1234, config)) == 8
     assert "were training prompts (use --held-out 4 --split-seed 1234)" in capsys.readouterr().err
+
+
+def test_reference_samples_drawn_once_give_the_same_evaluation():
+    """sample_reference + reference_samples= (the pipeline's reuse across eval stages) gives exactly
+    the evaluation that sampling the reference inside evaluate_policy gives; samples drawn for other
+    settings are refused."""
+    from tether.evaluate.policy import sample_reference
+
+    policy, tok = tiny_model_and_tokenizer(seed=1)
+    reference, _ = tiny_model_and_tokenizer(seed=2)
+    policy.eval(), reference.eval()
+    kw = {"reward_sources": [_letters()], "judges": [RewardJudge(_letters())], "settings": _settings()}
+    plain = evaluate_policy(policy, tok, PROMPTS, reference=reference, **kw)
+    drawn = sample_reference(reference, tok, PROMPTS, [_letters()], _settings())
+    reused = evaluate_policy(policy, tok, PROMPTS, reference=reference, reference_samples=drawn, **kw)
+    for key in ("rewards", "win_rates", "kl", "length", "diversity", "samples"):
+        assert reused[key] == plain[key], key
+    other = sample_reference(reference, tok, PROMPTS, [_letters()], _settings(samples_per_prompt=3))
+    with pytest.raises(ValueError, match="other prompts, samples per prompt"):
+        evaluate_policy(policy, tok, PROMPTS, reference=reference, reference_samples=other, **kw)

@@ -114,13 +114,28 @@ def _kl_hook(model, context, tokenizer, settings: EvalSettings):
     return reference_logprobs
 
 
-def evaluate_policy(policy, tokenizer, prompts: list, *, reference=None, reference_tokenizer=None, reward_sources=None, judges=None, settings: EvalSettings | None = None) -> dict:
+def reference_seed(settings: EvalSettings) -> int:
+    """The reference's sampling seed: ``reference_seed``, else ``seed + 1`` (an independent stream)."""
+    return settings.seed + 1 if settings.reference_seed is None else settings.reference_seed
+
+
+def sample_reference(reference, tokenizer, prompts: list, reward_sources, settings: EvalSettings):
+    """The reference's side of ``evaluate_policy`` on its own (a ``ScoredSamples``), for callers that
+    evaluate several policies against one reference: pass it back as ``reference_samples=``."""
+    from tether.evaluate.online import sample_and_score
+
+    return sample_and_score(reference, tokenizer, prompts, _named(reward_sources, "reward sources"), settings.sampling, settings.samples_per_prompt, seed=reference_seed(settings), batch_size=settings.batch_size)
+
+
+def evaluate_policy(policy, tokenizer, prompts: list, *, reference=None, reference_tokenizer=None, reward_sources=None, judges=None, settings: EvalSettings | None = None, reference_samples=None) -> dict:
     """Evaluate ``policy`` on ``prompts`` (strings or conversations) against ``reference``.
 
     ``reward_sources`` / ``judges``: lists of objects with a ``name`` or dicts name -> object
     (``tether.rollout.rewards.load_reward_source``, ``tether.feedback.judges.load_judge``). Judges
     need a reference. Returns a JSON-ready dict (see the module docstring; ``samples`` holds one
     row per response pair) for ``write_eval``, ``summary_metrics`` and ``print_eval``.
+    ``reference_samples``: the reference's samples from ``sample_reference`` with the same prompts,
+    sources and settings, used instead of sampling the reference again (KL still needs ``reference``).
     """
     from tether.evaluate.online import sample_and_score
     from tether.evaluate.stats import (
@@ -152,11 +167,14 @@ def evaluate_policy(policy, tokenizer, prompts: list, *, reference=None, referen
     pol = sample_and_score(policy, tokenizer, prompts, sources, settings.sampling, S, seed=settings.seed, batch_size=settings.batch_size, reference_logprobs=hook)
     seconds["policy"] = time.perf_counter() - started
     ref = None
-    if ref_model is not None:
+    if reference_samples is not None:
+        if reference_samples.prompt_index != pol.prompt_index or set(reference_samples.rewards) != set(sources):
+            raise ValueError("reference_samples were drawn for other prompts, samples per prompt or reward sources than this evaluation's")
+        ref = reference_samples
+    elif ref_model is not None:
         started = time.perf_counter()
-        ref_seed = settings.seed + 1 if settings.reference_seed is None else settings.reference_seed
         with ref_context():
-            ref = sample_and_score(ref_model, ref_tokenizer, prompts, sources, settings.sampling, S, seed=ref_seed, batch_size=settings.batch_size)
+            ref = sample_and_score(ref_model, ref_tokenizer, prompts, sources, settings.sampling, S, seed=reference_seed(settings), batch_size=settings.batch_size)
         seconds["reference"] = time.perf_counter() - started
 
     index = torch.tensor(pol.prompt_index)  # [N]
@@ -245,4 +263,4 @@ def write_eval(result: dict, out_dir: str | Path) -> Path:
     return out / "eval.json"
 
 
-__all__ = ["EvalSettings", "evaluate_policy", "summary_metrics", "write_eval"]
+__all__ = ["EvalSettings", "evaluate_policy", "reference_seed", "sample_reference", "summary_metrics", "write_eval"]

@@ -29,7 +29,8 @@ from tether.pipeline.stages import Stage, StageContext
 
 # Seconds per unit measured on the default model with 2 CPU threads (see the README), for the
 # time-left estimate before any stage has run; the display corrects them by measured times.
-LOAD_S = 15.0  # loading the default model (conversion on first use comes on top, about a minute)
+LOAD_S = 15.0
+_REFERENCE_SAMPLES: dict = {}  # eval_stage's memo of the starting policy's samples (one entry)  # loading the default model (conversion on first use comes on top, about a minute)
 
 
 def _jsonl(path: Path, rows) -> None:
@@ -214,6 +215,7 @@ def eval_stage(cfg: PipelineConfig, trained: str, ctx: StageContext) -> dict:
     from tether.evaluate.policy import (
         EvalSettings,
         evaluate_policy,
+        sample_reference,
         summary_metrics,
         write_eval,
     )
@@ -236,7 +238,18 @@ def eval_stage(cfg: PipelineConfig, trained: str, ctx: StageContext) -> dict:
         seed=e.seed, bootstrap_rounds=e.bootstrap_rounds,
     )
     sources = {"gold": load_gold(cfg.feedback.gold), "proxy": load_reward_source(str(rm.dir / rm.result["model"]))}
-    result = evaluate_policy(policy, tokenizer, prompts, reference=reference, reference_tokenizer=ref_tokenizer, reward_sources=sources, judges={"gold": load_judge(cfg.feedback.gold)}, settings=settings)
+    # Every eval stage samples the same reference on the same prompts with the same seed: draw it
+    # once per process (keyed by what it depends on) and let each policy's evaluation reuse it.
+    key = (ctx.inputs["prompts"].key, rm.key, json.dumps(asdict(e), sort_keys=True), cfg.model.name_or_path)
+    if key not in _REFERENCE_SAMPLES:
+        _REFERENCE_SAMPLES.clear()
+        _REFERENCE_SAMPLES[key] = sample_reference(reference, ref_tokenizer, prompts, sources, settings)
+    else:
+        ctx.report("reusing the starting policy's samples drawn for an earlier eval stage")
+    result = evaluate_policy(
+        policy, tokenizer, prompts, reference=reference, reference_tokenizer=ref_tokenizer, reward_sources=sources,
+        judges={"gold": load_judge(cfg.feedback.gold)}, settings=settings, reference_samples=_REFERENCE_SAMPLES[key],
+    )
     write_eval(result, ctx.out)
     figures = summary_metrics(result, prefix="")
     ctx.report(", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
