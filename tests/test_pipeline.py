@@ -35,7 +35,7 @@ def _overrides(prompts: Path, **extra) -> list[str]:
         "model.name_or_path": "tiny", "data.prompts": str(prompts), "data.eval_prompts": "3", "sample.max_new_tokens": "8", "sample.k": "3",
         "feedback.gold": "toy_rewards:LowercaseReward", "feedback.min_gap": "0.02", "feedback.rm_eval_fraction": "0.3",
         "rm.steps": "3", "ppo.steps": "3", "grpo.steps": "3", "dpo.steps": "2", "eval.max_new_tokens": "8", "eval.bootstrap_rounds": "50",
-        "eval.smooth": "2", "run.threads": "1",
+        "eval.smooth": "2", "run.threads": "1", "rm.layers": "1",
     }
     return [f"{k}={v}" for k, v in (base | extra).items()]
 

@@ -282,3 +282,33 @@ def test_rm_score_writes_each_head_and_ensemble_mean_and_spread(tmp_path):
     for row in rows:
         assert row["spread"][0] > 0
         assert row["reward_chosen"] == pytest.approx(row["mean"][0] - 3.0 * row["spread"][0], abs=1e-5)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_reward_model_on_the_first_layers_saves_and_reloads_cut(tmp_path, lora):
+    """rm.layers=1 on the 2-layer tiny model: the saved model has one decoder layer, reloads as one,
+    and `tether rm eval` on the reloaded model reproduces the trainer's held-out accuracy; the cut
+    model's hidden states are the full model's after its first layer (then the final norm)."""
+    from tether.models.forward import keep_first_layers
+    from tether.models.reward import RewardModel
+    from tether.models.tiny import tiny_model_and_tokenizer
+
+    data = _pairs_file(tmp_path / "pairs.jsonl")
+    run_rm_train(_cfg(data, tmp_path / "run", steps=30, **{"rm.layers": "1", "lora.enabled": str(lora).lower()}))
+    config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1
+    model = RewardModel.from_pretrained(tmp_path / "run" / "model")
+    assert len(model.backbone.get_decoder().layers) == 1
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["accuracy"] >= 0.9, report
+    assert run_rm_eval(str(tmp_path / "run" / "model"), str(data))["accuracy"] == pytest.approx(report["accuracy"])
+
+    full, _ = tiny_model_and_tokenizer(seed=3)
+    ids = torch.tensor([[5, 9, 11, 4]])
+    with torch.no_grad():
+        inner = full.get_decoder()
+        expected = inner.norm(full(ids, output_hidden_states=True).hidden_states[1])  # after layer 1, then the final norm
+        keep_first_layers(full, 1)
+        torch.testing.assert_close(full.get_decoder()(ids).last_hidden_state, expected, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="first 3 layers of a model with 1"):
+        keep_first_layers(full, 3)

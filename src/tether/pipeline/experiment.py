@@ -144,7 +144,7 @@ def rm_stage(cfg: PipelineConfig, ctx: StageContext) -> dict:
     overrides = _common(cfg, ctx.out / "run") + [
         "lora.enabled=true", f"lora.r={r.lora_r}", f"lora.alpha={2 * r.lora_r}", f"data.path={labels / 'pairs.jsonl'}", "data.eval_fraction=0",
         f"train.lr={r.lr}", f"train.max_steps={r.steps}", f"train.batch_size={r.batch_size}", f"train.micro_batch_size={r.batch_size}",
-        "train.save_every=0", f"rm.pooling={r.pooling}",
+        "train.save_every=0", f"rm.pooling={r.pooling}", f"rm.layers={r.layers}",
     ] + list(r.extra)
     run_rm_train(load_config(RMConfig, None, overrides))
     model_dir = ctx.out / "run" / "model"
@@ -289,8 +289,7 @@ def estimates(cfg: PipelineConfig) -> dict[str, float]:
     share of layers kept (rm.layers); about 9 s per DPO step of 8 pairs; 1.5 s per evaluation reply
     (policy and reference sampled, both scored, KL measured)."""
     train_prompts = max(1, _prompt_count(cfg) - cfg.data.eval_prompts)
-    layers = next((int(x.split("=", 1)[1]) for x in cfg.rm.extra if x.startswith("rm.layers=")), 0)
-    share = layers / 30 if layers else 1.0  # the default model has 30 decoder layers
+    share = cfg.rm.layers / 30 if cfg.rm.layers else 1.0  # the default model has 30 decoder layers
     online = lambda m: 20.0 + min(m.steps * 25.0, (m.max_minutes or 1e9) * 60)
     return {
         "prompts": 1.0,
