@@ -41,7 +41,8 @@ class NashSection:
     judge: str = opt("reward", "Pairwise judge of (y, y'): 'reward' (reward.source compared pairwise) or any `tether eval --judge` spec, e.g. the directory of a saved preference model (tether pm train).")
     judge_temperature: float = opt(0.0, "judge=reward: 0 gives hard verdicts (1 / 0 / 0.5 on a tie); T > 0 gives sigmoid((r - r') / T).")
     mixture_coef: float = opt(0.125, "beta of the geometric mixture pi^(1-beta) * pi_ref^beta that the policy plays against (0: self-play against pi).")
-    vs_reference: bool = opt(True, "Also sample a reply from the reference each step and log the policy's win-rate against it (win/reference).")
+    vs_reference: bool = opt(True, "Also sample a reply from the reference and log the policy's win-rate against it (win/reference).")
+    vs_reference_every: int = opt(1, "With vs_reference: every how many steps (the reference's replies cost a fifth of a step; the metric is only logged).")
     eval_bootstrap: int = opt(1000, "Rounds of the paired bootstrap over held-out prompts for the win-rate interval (0: no interval).")
 
 
@@ -71,6 +72,10 @@ def run_nash(cfg: NashConfig, reward_source=None, gold_source=None, judge=None) 
     t = cfg.train
     if t.epochs != 1 or t.minibatch_size != 0:
         raise ValueError("tether nash takes one update per step: train.epochs must be 1 and train.minibatch_size 0")
+    if cfg.nash.vs_reference_every < 1:
+        raise ValueError(f"nash.vs_reference_every must be at least 1, got {cfg.nash.vs_reference_every}")
+    if cfg.nash.vs_reference_every != 1 and not cfg.nash.vs_reference:
+        raise ValueError("nash.vs_reference_every is set but nash.vs_reference is false: no win-rate against the reference is logged")
     if not 0.0 <= cfg.nash.mixture_coef <= 1.0:
         raise ValueError(f"nash.mixture_coef must lie in [0, 1], got {cfg.nash.mixture_coef}")
     judged = start_judged_run(cfg, reward_source, gold_source, judge, cfg.nash.judge, cfg.nash.judge_temperature, "nash.judge", "nash", started)
@@ -87,7 +92,7 @@ def run_nash(cfg: NashConfig, reward_source=None, gold_source=None, judge=None) 
         with timer("judge"):
             win = judge(texts, got.rollout.texts, mix.texts).float()  # [B] P(y ≻ y′)
         metrics: dict[str, float] = {}
-        if cfg.nash.vs_reference:
+        if cfg.nash.vs_reference and (step + 1) % cfg.nash.vs_reference_every == 0:
             with timer("generate_reference"):
                 ref_rollout = sample_reference(run.policy, run.tokenizer, got.prompts, group, run.params, step_generator(t.seed + 104729, step), frozen)
             with timer("judge"):
