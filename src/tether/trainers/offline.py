@@ -122,10 +122,13 @@ def fit(
     cfg: TrainConfig,
     title: str = "train",
     report: list[str] | None = None,
+    policy_eval=None,
 ) -> FitResult:
     """Train ``model`` on ``train`` with ``objective``; checkpoints, exact resume, logs, evaluation.
 
-    ``report``: the data preparation's lines (already printed), kept in ``summary.json``."""
+    ``report``: the data preparation's lines (already printed), kept in ``summary.json``.
+    ``policy_eval``: a ``tether.evaluate.periodic.PolicyEvaluator`` (built before this call, while
+    the model is the starting one), run every ``policy_eval.every`` steps and after the last."""
     from tether import parallel
     from tether.trainers.distributed import Distributed, check_mode, open_logger, open_run_checkpoints, save_checkpoint
 
@@ -154,6 +157,8 @@ def fit(
     if latest is not None:
         start_step, _ = checkpoints.load(latest, saved, optimizer, scheduler)
 
+    if policy_eval is not None:
+        policy_eval.start_step = start_step  # evaluations up to the checkpoint's step were run before it was written
     logger = open_logger(cfg.output_dir, plan.total_steps, start_step, cfg.progress, title)
     model.train()
     started = time.time()
@@ -200,11 +205,15 @@ def fit(
                 last_eval = evaluate(model, objective, eval_examples, cfg.micro_batch_size, dist)
                 logger.log(done, last_eval, split="eval")
                 logger.print(f"step {done}: eval loss {last_eval['loss']:.4f}")
+            if policy_eval is not None and done < plan.total_steps:
+                policy_eval.maybe(done, model, logger)
             if cfg.save_every and done % cfg.save_every == 0 and done < plan.total_steps:
                 save_checkpoint(checkpoints, done, saved, optimizer, scheduler)
         if eval_examples:
             last_eval = evaluate(model, objective, eval_examples, cfg.micro_batch_size, dist)
             logger.log(plan.total_steps, last_eval, split="eval")
+        if policy_eval is not None:  # before the last checkpoint, as every evaluation precedes its step's checkpoint
+            policy_eval.maybe(plan.total_steps, model, logger, final=True)
         if start_step < plan.total_steps:
             save_checkpoint(checkpoints, plan.total_steps, saved, optimizer, scheduler)
     finally:
@@ -216,5 +225,7 @@ def fit(
         rows["tokens/s"] = round(tokens_seen / max(seconds, 1e-9), 1)
     rows.update({f"train {k}": v for k, v in last_train.items() if k in ("loss", "accuracy", "margin")})
     rows.update({f"eval {k}": v for k, v in last_eval.items()})
+    if policy_eval is not None:
+        rows.update(policy_eval.summary_rows())
     logger.summary(f"{title} summary", rows, {"data report": report} if report else None)
     return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tether.config import LoRAConfig, ModelConfig, TrainingBase, choices, opt
+from tether.config import LoRAConfig, ModelConfig, PolicyEvalConfig, TrainingBase, choices, opt
 from tether.rl.kl import KLEstimator
 
 
@@ -95,6 +95,7 @@ class OnlineSections:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     kl: KLConfig = field(default_factory=KLConfig)
+    policy_eval: PolicyEvalConfig = field(default_factory=PolicyEvalConfig)
 
 
 __all__ = ["KLConfig", "OnlineSections", "OnlineTrainConfig", "PromptDataConfig", "RewardConfig", "SamplingConfig", "default_lora", "group_train_defaults"]
