@@ -207,3 +207,64 @@ def test_sft_with_lora_at_lr_zero_is_its_own_reference(tmp_path, demo_file):
     assert "adapters off" in result["reference"]
     rows = [json.loads(line) for line in (out / "eval" / "step_2.samples.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(abs(r["kl"]) < 1e-4 for r in rows)
+
+
+# ---- train.max_minutes in the offline loop ------------------------------------------------------
+
+
+def test_offline_time_budget_stops_after_the_crossing_step(tmp_path, pref_file, monkeypatch):
+    """A fake clock reads 0 when the loop starts and advances 1 minute per reading after that: with
+    train.max_minutes=2.5 the readings after steps 1, 2, 3 are 1, 2, 3 minutes, so step 3 is the
+    first to cross and the last of the 10 planned. It is then evaluated (the held-out loss and
+    policy_eval), checkpointed and saved as a last step is, and summary.json says why it ended."""
+    import tether.trainers.offline as offline
+    from tether.config import DPOConfig, load_config
+    from tether.trainers.dpo import run_dpo
+
+    readings = iter(range(1000))
+    monkeypatch.setattr(offline, "clock", lambda: 60.0 * next(readings))
+    out = tmp_path / "budget"
+    args = _dpo_args(out, pref_file, steps=10, **{"train.max_minutes": "2.5", "policy_eval.every": "2"})
+    result = run_dpo(load_config(DPOConfig, None, args))
+    assert result.steps == 3
+    train = [json.loads(line) for line in open(out / "metrics.jsonl") if json.loads(line)["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3]
+    assert [r["step"] for r in _policy_eval_lines(out)] == [2, 3]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000003"]
+    assert (out / "model" / "model.safetensors").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["stopped_by_max_minutes"] is True and summary["planned_steps"] == 10
+
+
+def test_offline_time_budget_not_reached_runs_every_step(tmp_path, pref_file, monkeypatch):
+    import tether.trainers.offline as offline
+    from tether.config import DPOConfig, load_config
+    from tether.trainers.dpo import run_dpo
+
+    monkeypatch.setattr(offline, "clock", lambda: 0.0)
+    out = tmp_path / "plenty"
+    result = run_dpo(load_config(DPOConfig, None, _dpo_args(out, pref_file, steps=3, **{"train.max_minutes": "1", "policy_eval.every": "0"})))
+    summary = json.loads((out / "summary.json").read_text())
+    assert result.steps == 3 and summary["stopped_by_max_minutes"] is False
+
+
+def test_pipeline_passes_dpo_max_minutes_through(tmp_path, monkeypatch):
+    """The pipeline's DPO stage hands dpo.max_minutes to the trainer as train.max_minutes (it used
+    to refuse it with a note)."""
+    from types import SimpleNamespace
+
+    import tether.pipeline.experiment as experiment
+    import tether.trainers.dpo as dpo
+    from tether.pipeline.config import PipelineConfig
+    from dataclasses import replace
+
+    seen = {}
+    monkeypatch.setattr(dpo, "run_dpo", lambda cfg: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(experiment, "_threads", lambda cfg: None)
+    cfg = PipelineConfig()
+    cfg = replace(cfg, dpo=replace(cfg.dpo, max_minutes=1.5))
+    notes = []
+    ctx = SimpleNamespace(out=tmp_path, inputs={"label": SimpleNamespace(dir=tmp_path)}, report=notes.append)
+    experiment.dpo_stage(cfg, 0.1, ctx)
+    assert seen["cfg"].train.max_minutes == 1.5
+    assert not any("max_minutes" in n for n in notes)

@@ -114,6 +114,7 @@ class TrainingBase:
     threads: int | None = opt(None, "torch CPU threads (default: torch's choice).")
     progress: bool = opt(True, "Show a progress bar.")
     distributed: Literal["ddp", "fsdp"] = opt("ddp", "Under torchrun with several processes: ddp (every process holds the whole model; gradients summed once per step) or fsdp (FSDP2 fully_shard: weights, gradients and optimiser state sharded across processes; sharded checkpoints). Ignored in a single process.")
+    max_minutes: float | None = opt(None, "Stop after the step that crosses this many minutes of the training loop (a CPU budget); that step is then the last: evaluated, saved and recorded in summary.json as usual. A later run with train.resume=true continues from it.")
 
 
 @dataclass

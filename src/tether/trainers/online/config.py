@@ -51,7 +51,6 @@ class OnlineTrainConfig(TrainingBase):
     epochs: int = opt(1, "Passes over each step's responses (PPO epochs).")
     minibatch_size: int = opt(0, "Responses per gradient update inside an epoch (0: the whole step's batch in one update).")
     monitor_window: int = opt(10, "Steps each reward-hacking monitor looks back over.")
-    max_minutes: float | None = opt(None, "Stop after the step that crosses this many minutes of training (a CPU budget); the model is saved and evaluated as usual.")
 
 
 @dataclass
