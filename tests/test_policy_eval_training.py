@@ -11,7 +11,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from toy_rewards import LowercaseReward  # noqa: E402
+from toy_rewards import LowercaseReward
 
 EVAL = {"every": 2, "held_out": 2, "max_new_tokens": 4, "bootstrap": 20}
 
@@ -35,7 +35,7 @@ def _grpo_cfg(out, steps=5, save_every=0, policy_eval=None, data=None):
 
 
 def _policy_eval_lines(out) -> list[dict]:
-    return [r for r in (json.loads(line) for line in open(out / "metrics.jsonl")) if r["split"] == "policy_eval"]
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "policy_eval"]
 
 
 def _eval_files(out) -> list[str]:
@@ -108,8 +108,7 @@ def test_settings_that_cannot_apply_fail_before_training(tmp_path, data, policy_
 def pref_file(tmp_path):
     path = tmp_path / "pairs.jsonl"
     with open(path, "w") as f:
-        for w in ["apple", "river", "stone", "cloud", "maple", "ember"]:
-            f.write(json.dumps({"prompt": f"Spell {w}", "chosen": " ".join(w.upper()), "rejected": "no no no"}) + "\n")
+        f.writelines(json.dumps({"prompt": f"Spell {w}", "chosen": " ".join(w.upper()), "rejected": "no no no"}) + "\n" for w in ["apple", "river", "stone", "cloud", "maple", "ember"])
     return path
 
 
@@ -217,8 +216,8 @@ def test_offline_time_budget_stops_after_the_crossing_step(tmp_path, pref_file, 
     train.max_minutes=2.5 the readings after steps 1, 2, 3 are 1, 2, 3 minutes, so step 3 is the
     first to cross and the last of the 10 planned. It is then evaluated (the held-out loss and
     policy_eval), checkpointed and saved as a last step is, and summary.json says why it ended."""
-    import tether.trainers.offline as offline
     from tether.config import DPOConfig, load_config
+    from tether.trainers import offline
     from tether.trainers.dpo import run_dpo
 
     readings = iter(range(1000))
@@ -227,7 +226,7 @@ def test_offline_time_budget_stops_after_the_crossing_step(tmp_path, pref_file, 
     args = _dpo_args(out, pref_file, steps=10, **{"train.max_minutes": "2.5", "policy_eval.every": "2"})
     result = run_dpo(load_config(DPOConfig, None, args))
     assert result.steps == 3
-    train = [json.loads(line) for line in open(out / "metrics.jsonl") if json.loads(line)["split"] == "train"]
+    train = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
     assert [r["step"] for r in train] == [1, 2, 3]
     assert [r["step"] for r in _policy_eval_lines(out)] == [2, 3]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000003"]
@@ -237,8 +236,8 @@ def test_offline_time_budget_stops_after_the_crossing_step(tmp_path, pref_file, 
 
 
 def test_offline_time_budget_not_reached_runs_every_step(tmp_path, pref_file, monkeypatch):
-    import tether.trainers.offline as offline
     from tether.config import DPOConfig, load_config
+    from tether.trainers import offline
     from tether.trainers.dpo import run_dpo
 
     monkeypatch.setattr(offline, "clock", lambda: 0.0)
@@ -251,12 +250,12 @@ def test_offline_time_budget_not_reached_runs_every_step(tmp_path, pref_file, mo
 def test_pipeline_passes_dpo_max_minutes_through(tmp_path, monkeypatch):
     """The pipeline's DPO stage hands dpo.max_minutes to the trainer as train.max_minutes (it used
     to refuse it with a note)."""
+    from dataclasses import replace
     from types import SimpleNamespace
 
-    import tether.pipeline.experiment as experiment
-    import tether.trainers.dpo as dpo
+    from tether.pipeline import experiment
     from tether.pipeline.config import PipelineConfig
-    from dataclasses import replace
+    from tether.trainers import dpo
 
     seen = {}
     monkeypatch.setattr(dpo, "run_dpo", lambda cfg: seen.setdefault("cfg", cfg))

@@ -9,7 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tether.config import LoRAConfig, ModelConfig, PolicyEvalConfig, TrainingBase, choices, opt
+from tether.config import (
+    LoRAConfig,
+    ModelConfig,
+    PolicyEvalConfig,
+    TrainingBase,
+    choices,
+    opt,
+)
 from tether.rl.kl import KLEstimator
 
 
