@@ -65,6 +65,42 @@ def test_grpo_evaluates_every_n_steps_and_at_the_end(tmp_path):
     assert summary["policy_eval/win_rate/vader"] == lines[-1]["win_rate/vader"]
 
 
+@pytest.mark.parametrize(
+    ("trainer", "sections", "reference"),
+    [
+        ("ppo", {"train": {"samples_per_prompt": 1, "minibatch_size": 2}}, "trainer's frozen reference"),
+        ("rloo", {"kl": {"coef": 0.0}}, "a frozen copy"),  # β fixed at 0: the trainer holds no reference, policy_eval takes its own copy
+        ("nash", {"train": {"samples_per_prompt": 1}, "lora": {"enabled": True, "r": 4, "alpha": 8}}, "adapters off"),
+        ("online_dpo", {}, "trainer's frozen reference"),
+    ],
+)
+def test_every_online_trainer_evaluates_against_its_starting_model(tmp_path, trainer, sections, reference):
+    """The online trainers share StepState, so each writes step_1 and step_2 at every=1; the
+    reference is whichever starting model the run holds (or a copy when it holds none)."""
+    import importlib
+
+    from tether.config import from_dict
+
+    module = importlib.import_module(f"tether.trainers.{trainer}")
+    config_cls = {"ppo": "PPOConfig", "rloo": "RLOOConfig", "nash": "NashConfig", "online_dpo": "OnlineDPOConfig"}[trainer]
+    run = getattr(module, f"run_{trainer}")
+    out = tmp_path / trainer
+    raw = {
+        "model": {"name_or_path": "tiny"},
+        "lora": {"enabled": False},
+        "sampling": {"max_new_tokens": 4},
+        "data": {"eval_prompts": 2, "eval_samples": 0},
+        "train": {"output_dir": str(out), "max_steps": 2, "progress": False, "save_every": 0, "threads": 1, "prompts_per_step": 2, "samples_per_prompt": 2},
+        "policy_eval": {"every": 1, "max_new_tokens": 4, "bootstrap": 0},
+    }
+    for key, values in sections.items():
+        raw[key] = {**raw.get(key, {}), **values}
+    run(from_dict(getattr(module, config_cls), raw), reward_source=LowercaseReward())
+    assert _eval_files(out) == ["step_1.json", "step_2.json"]
+    assert [r["step"] for r in _policy_eval_lines(out)] == [1, 2]
+    assert reference in json.loads((out / "eval" / "step_2.json").read_text())["reference"]
+
+
 def test_grpo_resume_neither_repeats_nor_skips(tmp_path):
     """every 2, checkpoint every 2, 4 steps; killed while scoring step 3 (after the step-2
     evaluation and checkpoint), resumed: the evaluations are steps 2 and 4, once each."""
