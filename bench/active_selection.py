@@ -2,9 +2,10 @@
 
 A cheap stand-in for the real loop (label → train a reward-model ensemble → pick the next pairs):
 
-* features: the default model's final hidden state averaged over each reply's tokens (prompt +
-  reply through the frozen model, once; cached in ``--cache``) for the 16 replies per prompt of
-  ``bundled:review_candidates``;
+* features: the default model's hidden state after its first ``--layers`` decoder layers (and the
+  final norm), averaged over each reply's tokens (prompt + reply through the frozen model, once;
+  cached in ``--cache``) for the 16 replies per prompt of ``bundled:review_candidates``; 6 layers,
+  as the pipeline's reward model (``rm.layers``), because sentiment is lexical;
 * reward model: an ensemble of linear heads on those frozen features, each fitted by Bradley–Terry
   (logistic regression on feature differences, L2 penalty) to a bootstrap resample of the labels;
 * pool: every pair of replies of the 60 training prompts whose VADER gap exceeds 0.1, labelled on
@@ -31,13 +32,17 @@ import torch
 
 
 @torch.no_grad()
-def reply_features(rows: list[dict], batch_size: int = 16) -> torch.Tensor:
-    """[P, K, H] mean final hidden state over each reply's tokens, default model, prompt as context."""
+def reply_features(rows: list[dict], layers: int, batch_size: int = 16) -> torch.Tensor:
+    """[P, K, H] mean hidden state over each reply's tokens, default model cut to its first
+    ``layers`` layers (0: all), prompt as context."""
     from tether.data.encode import encode
     from tether.feedback.sample import prompt_messages
     from tether.models import forward_hidden, load_model
+    from tether.models.forward import keep_first_layers
 
     model, tokenizer = load_model("default")
+    if layers:
+        keep_first_layers(model, layers)
     model.eval()
     pad = tokenizer.pad_token_id
     encoded = [encode(tokenizer, prompt_messages(r["prompt"]), c) for r in rows for c in r["completions"]]
@@ -121,7 +126,8 @@ def run(features, gold, train_ids, test_ids, args, strategy: str, seed: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", default="/tmp/tether-active-features.pt")
+    parser.add_argument("--cache", default=None, help="features file (default /tmp/tether-active-features-<layers>.pt)")
+    parser.add_argument("--layers", type=int, default=6, help="decoder layers the features read (0: all)")
     parser.add_argument("--tau", type=float, default=0.1, help="the simulated annotator's Bradley-Terry temperature")
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--l2", type=float, default=1e-3)
@@ -137,12 +143,12 @@ def main() -> None:
     rows = load_sample_rows("bundled:review_candidates")
     random.Random(0).shuffle(rows)  # the split of bench/reward_accuracy.py gold: the first quarter held out
     n_eval = len(rows) // 4
-    cache = Path(args.cache)
+    cache = Path(args.cache or f"/tmp/tether-active-features-{args.layers}.pt")
     if cache.exists():
         features = torch.load(cache, weights_only=True)
     else:
         start = time.perf_counter()
-        features = reply_features(rows)
+        features = reply_features(rows, args.layers)
         torch.save(features, cache)
         print(f"features: {tuple(features.shape)} in {time.perf_counter() - start:.0f} s -> {cache}")
     features = (features - features[n_eval:].mean((0, 1))) / features[n_eval:].std((0, 1)).clamp_min(1e-6)  # standardised on the training prompts

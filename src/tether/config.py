@@ -114,6 +114,7 @@ class TrainingBase:
     threads: int | None = opt(None, "torch CPU threads (default: torch's choice).")
     progress: bool = opt(True, "Show a progress bar.")
     distributed: Literal["ddp", "fsdp"] = opt("ddp", "Under torchrun with several processes: ddp (every process holds the whole model; gradients summed once per step) or fsdp (FSDP2 fully_shard: weights, gradients and optimiser state sharded across processes; sharded checkpoints). Ignored in a single process.")
+    max_minutes: float | None = opt(None, "Stop after the step that crosses this many minutes of the training loop (a CPU budget); that step is then the last: evaluated, saved and recorded in summary.json as usual. A later run with train.resume=true continues from it.")
 
 
 @dataclass
@@ -127,6 +128,26 @@ class TrainConfig(TrainingBase):
     eval_examples: int | None = opt(64, "Evaluate on at most this many held-out examples (a fixed, seeded subset, the same at every evaluation; null: all of them). Bounds the cost of evaluation on a large data set: 64 DPO pairs take about a minute on 2 CPU cores for the default model, their reference pass as long again.")
     sample_prompts: list[str] = opt(["How do I reverse a list in Python?"], "Prompts to generate from with the final model, printed at the end of the run ([] for none).")
     sample_max_new_tokens: int = opt(64, "Tokens to generate for each sample prompt.")
+
+
+@dataclass
+class PolicyEvalConfig:
+    """``tether eval`` run by a trainer every N steps (``tether.evaluate.periodic``): the policy against
+    the model it started from. Not ``train.eval_every`` (the offline held-out *loss*) nor
+    ``data.eval_prompts`` (the online trainers' before/after held-out reward)."""
+
+    every: int = opt(0, "Evaluate the policy against its starting model every N optimizer steps and after the last step, as `tether eval` does (0: off). Writes <output_dir>/eval/step_<N>.json and logs the figures to metrics.jsonl (split policy_eval).")
+    prompts: str | None = opt(None, "Prompts file or bundled:<name>, of which a seeded pick of policy_eval.held_out prompts is taken. Unset: the online trainers' own held-out prompts (data.eval_prompts of data.path); the offline trainers need it set.")
+    held_out: int = opt(16, "With policy_eval.prompts: prompts in the seeded held-out pick (0: every prompt of the file).")
+    split_seed: int = opt(1234, "With policy_eval.prompts: seed of the held-out pick (tether eval --split-seed).")
+    samples_per_prompt: int = opt(1, "Responses per prompt from the policy and from the reference.")
+    max_new_tokens: int = opt(48, "Tokens generated per response at most.")
+    temperature: float = opt(1.0, "Sampling temperature of both models (KL is measured at it).")
+    rewards: list[str] = opt(["vader"], "Reward sources, as tether eval --reward: 'vader', 'module:function', a reward model / ensemble / preference model directory.")
+    judges: list[str] = opt(["vader"], "Pairwise judges of policy vs reference, as tether eval --judge ([] for none).")
+    reference: Literal["start", "none"] = opt("start", "start: the model the run started from (LoRA: the adapters off; else the trainer's frozen reference when it holds one, otherwise a frozen copy taken before step 1). none: no reference, no win-rates, no KL.")
+    bootstrap: int = opt(200, "Paired bootstrap rounds over prompts for the intervals (0: none).")
+    seed: int = opt(0, "Sampling seed of the policy (the reference uses seed + 1); the same at every evaluation.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,6 +375,7 @@ class SFTConfig:
     # Packed rows: no positions spent on padding, 10-14% faster per step than padded rows on the bundled demonstrations (bench/sft_profile.py).
     data: DataConfig = field(default_factory=lambda: DataConfig(pack=True))
     train: TrainConfig = field(default_factory=TrainConfig)
+    policy_eval: PolicyEvalConfig = field(default_factory=PolicyEvalConfig)
 
 
 @dataclass
@@ -380,3 +402,4 @@ class DPOConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(path="auto", pack=True))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/dpo", lr=5e-6, batch_size=8, micro_batch_size=4))
     dpo: PreferenceConfig = field(default_factory=PreferenceConfig)
+    policy_eval: PolicyEvalConfig = field(default_factory=PolicyEvalConfig)

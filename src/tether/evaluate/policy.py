@@ -253,14 +253,16 @@ def summary_metrics(result: dict, prefix: str = "eval/") -> dict[str, float]:
     return out
 
 
-def write_eval(result: dict, out_dir: str | Path) -> Path:
-    """``out_dir/eval.json`` (everything but the samples) and ``out_dir/samples.jsonl`` (one row per pair)."""
+def write_eval(result: dict, out_dir: str | Path, stem: str | None = None) -> Path:
+    """``out_dir/eval.json`` (everything but the samples) and ``out_dir/samples.jsonl`` (one row per pair);
+    with ``stem`` (a trainer's ``step_<N>``): ``out_dir/<stem>.json`` and ``out_dir/<stem>.samples.jsonl``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2) + "\n", encoding="utf-8")
-    with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
+    summary, samples = (out / "eval.json", out / "samples.jsonl") if stem is None else (out / f"{stem}.json", out / f"{stem}.samples.jsonl")
+    summary.write_text(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2) + "\n", encoding="utf-8")
+    with open(samples, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in result.get("samples", []))
-    return out / "eval.json"
+    return summary
 
 
 __all__ = ["EvalSettings", "evaluate_policy", "reference_seed", "sample_reference", "summary_metrics", "write_eval"]

@@ -54,7 +54,7 @@ class PipelineRM:
 class PipelineMethod:
     enabled: bool = opt(True, "Train this method.")
     steps: int = opt(40, "Optimizer steps at most.")
-    max_minutes: float | None = opt(2.5, "Online methods: stop the training loop after this many minutes (train.max_minutes).")
+    max_minutes: float | None = opt(2.5, "Stop the method's training loop after the step that crosses this many minutes (train.max_minutes; null: steps alone bound it).")
     lr: float = opt(3e-4, "Learning rate (LoRA).")
     kl: float = opt(0.05, "KL strength: kl.coef for PPO and GRPO, dpo.beta for DPO.")
     sweep: list[float] = opt([], "KL strengths trained with --sweep (the frontier); the default `kl` is always one of the points.")

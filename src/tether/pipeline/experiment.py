@@ -199,13 +199,11 @@ def dpo_stage(cfg: PipelineConfig, kl: float, ctx: StageContext) -> dict:
 
     _threads(cfg)
     m = cfg.dpo
-    if m.max_minutes:
-        ctx.report("note: dpo.max_minutes does not apply (the offline trainer has no time budget); dpo.steps bounds it")
     overrides = _common(cfg, ctx.out / "run") + [
         "lora.enabled=true", "lora.r=16", "lora.alpha=32", f"data.path={ctx.inputs['label'].dir / 'pairs.jsonl'}", "data.eval_fraction=0",
         f"train.lr={m.lr}", f"train.max_steps={m.steps}", "train.batch_size=8", "train.micro_batch_size=8", "train.save_every=0",
         "train.sample_prompts=[]", f"dpo.beta={kl}",
-    ] + list(m.extra)
+    ] + ([f"train.max_minutes={m.max_minutes}"] if m.max_minutes else []) + list(m.extra)
     run_dpo(load_config(DPOConfig, None, overrides))
     return {"model": "run/model", "kl_strength": kl}
 

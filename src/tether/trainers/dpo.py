@@ -184,6 +184,7 @@ def run_dpo(cfg: DPOConfig, reference_model=None) -> FitResult:
     """Train ``cfg.model`` with the preference loss ``cfg.dpo.loss``; saves to ``<output_dir>/model``.
     ``reference_model``: another model as the reference (a frozen copy of it; ``tether iterate``
     with iterate.reference=initial), instead of the model's own starting weights."""
+    from tether.evaluate.periodic import build_policy_evaluator
     from tether.losses.preference import PreferenceLoss, spec_of
     from tether.models import save_model
     from tether.parallel import is_main
@@ -211,7 +212,10 @@ def run_dpo(cfg: DPOConfig, reference_model=None) -> FitResult:
         if not spec.needs_reference or cfg.dpo.reference != "copy":
             raise ValueError(f"a separate reference model needs a loss with a reference and dpo.reference=copy (got {cfg.dpo.loss}, {cfg.dpo.reference})")
         objective.reference = ReferencePolicy("copy", reference_model, cfg.model.chunk_size)
-    result = fit(model, objective, data.train, data.eval, cfg.train, title=cfg.dpo.loss, report=data.report)
+    # policy_eval's reference is the starting model: the objective's frozen copy is it unless another model was given.
+    held = objective.reference.frozen if objective.reference is not None and reference_model is None else None
+    evaluator = build_policy_evaluator(cfg.policy_eval, out, model, tokenizer, held_reference=held, distributed=cfg.train.distributed)
+    result = fit(model, objective, data.train, data.eval, cfg.train, title=cfg.dpo.loss, report=data.report, policy_eval=evaluator)
     model = result.model  # whole (None on the other processes of a sharded run)
     save_final_model(save_model, model, tokenizer, out / "model")
     print(f"saved model to {out / 'model'}")

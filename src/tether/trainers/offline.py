@@ -114,6 +114,21 @@ def bound_evaluation(eval_examples: list[Example], limit: int | None, seed: int)
     return [eval_examples[i] for i in keep], f"evaluation: {limit} of {len(eval_examples)} held-out examples (train.eval_examples={limit}; null evaluates all)"
 
 
+def clock() -> float:
+    """Seconds for ``train.max_minutes`` (a function of its own so tests can advance it)."""
+    return time.monotonic()
+
+
+def out_of_budget(max_minutes: float | None, loop_started: float) -> bool:
+    """Whether ``train.max_minutes`` of the training loop are spent; under torchrun the main
+    process's clock decides for every process, so all stop after the same step."""
+    from tether import parallel
+
+    if max_minutes is None:
+        return False
+    return bool(parallel.broadcast_object((clock() - loop_started) / 60 >= max_minutes))
+
+
 def fit(
     model: torch.nn.Module,
     objective: Objective,
@@ -122,10 +137,15 @@ def fit(
     cfg: TrainConfig,
     title: str = "train",
     report: list[str] | None = None,
+    policy_eval=None,
 ) -> FitResult:
     """Train ``model`` on ``train`` with ``objective``; checkpoints, exact resume, logs, evaluation.
 
-    ``report``: the data preparation's lines (already printed), kept in ``summary.json``."""
+    ``report``: the data preparation's lines (already printed), kept in ``summary.json``.
+    ``policy_eval``: a ``tether.evaluate.periodic.PolicyEvaluator`` (built before this call, while
+    the model is the starting one), run every ``policy_eval.every`` steps and after the last.
+    ``cfg.max_minutes``: the loop stops after the step that crosses the budget; that step is then
+    the last (evaluated, checkpointed, recorded in ``summary.json`` as ``stopped_by_max_minutes``)."""
     from tether import parallel
     from tether.trainers.distributed import Distributed, check_mode, open_logger, open_run_checkpoints, save_checkpoint
 
@@ -154,12 +174,16 @@ def fit(
     if latest is not None:
         start_step, _ = checkpoints.load(latest, saved, optimizer, scheduler)
 
+    if policy_eval is not None:
+        policy_eval.start_step = start_step  # evaluations up to the checkpoint's step were run before it was written
     logger = open_logger(cfg.output_dir, plan.total_steps, start_step, cfg.progress, title)
     model.train()
     started = time.time()
     tokens_seen = 0
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
+    last_step, stopped = start_step, False  # the last step done; whether the time budget ended the loop
+    loop_started = clock()
     try:
         for step in range(start_step, plan.total_steps):
             step_start = time.time()
@@ -192,29 +216,41 @@ def fit(
             tokens_seen += step_tokens
             metrics.update(grad_norm=grad_norm, tokens_per_second=step_tokens / max(elapsed, 1e-9), epoch=plan.epoch_at(step + 1))
             last_train = metrics
-            done = step + 1
-            if done % cfg.log_every == 0 or done == plan.total_steps:
+            done = last_step = step + 1
+            stopped = done < plan.total_steps and out_of_budget(cfg.max_minutes, loop_started)
+            if done % cfg.log_every == 0 or done == plan.total_steps or stopped:
                 logger.log(done, metrics)
             logger.advance(done, info=f"loss {metrics['loss']:.4f}", rate=f"{metrics['tokens_per_second']:.0f} tok/s")
+            if stopped:  # this step is the last: evaluated and saved below, as the last step of the plan would be
+                logger.print(f"train.max_minutes={cfg.max_minutes} reached after step {done} of {plan.total_steps}; stopping")
+                break
             if cfg.eval_every and done % cfg.eval_every == 0 and done < plan.total_steps and eval_examples:
                 last_eval = evaluate(model, objective, eval_examples, cfg.micro_batch_size, dist)
                 logger.log(done, last_eval, split="eval")
                 logger.print(f"step {done}: eval loss {last_eval['loss']:.4f}")
+            if policy_eval is not None and done < plan.total_steps:
+                policy_eval.maybe(done, model, logger)
             if cfg.save_every and done % cfg.save_every == 0 and done < plan.total_steps:
                 save_checkpoint(checkpoints, done, saved, optimizer, scheduler)
         if eval_examples:
             last_eval = evaluate(model, objective, eval_examples, cfg.micro_batch_size, dist)
-            logger.log(plan.total_steps, last_eval, split="eval")
-        if start_step < plan.total_steps:
-            save_checkpoint(checkpoints, plan.total_steps, saved, optimizer, scheduler)
+            logger.log(last_step, last_eval, split="eval")
+        if policy_eval is not None:  # before the last checkpoint, as every evaluation precedes its step's checkpoint
+            policy_eval.maybe(last_step, model, logger, final=True)
+        if start_step < last_step:
+            save_checkpoint(checkpoints, last_step, saved, optimizer, scheduler)
     finally:
         logger.close()
     seconds = time.time() - started
-    result = FitResult(plan.total_steps, last_train, last_eval, seconds, tokens_seen, dist.full_model())
-    rows: dict[str, Any] = {"steps": plan.total_steps, "resumed from step": start_step, "seconds": round(seconds, 1)}
+    result = FitResult(last_step, last_train, last_eval, seconds, tokens_seen, dist.full_model())
+    rows: dict[str, Any] = {"steps": last_step, "resumed from step": start_step, "seconds": round(seconds, 1)}
+    if cfg.max_minutes is not None:
+        rows.update(max_minutes=cfg.max_minutes, stopped_by_max_minutes=stopped, planned_steps=plan.total_steps)
     if tokens_seen:
         rows["tokens/s"] = round(tokens_seen / max(seconds, 1e-9), 1)
     rows.update({f"train {k}": v for k, v in last_train.items() if k in ("loss", "accuracy", "margin")})
     rows.update({f"eval {k}": v for k, v in last_eval.items()})
+    if policy_eval is not None:
+        rows.update(policy_eval.summary_rows())
     logger.summary(f"{title} summary", rows, {"data report": report} if report else None)
     return result

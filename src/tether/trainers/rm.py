@@ -313,10 +313,13 @@ def run_rm_train(cfg: RMConfig):
         lora = lora_arguments(cfg.lora) if cfg.lora.enabled else None
         trained = RewardEnsemble.create(backbone, tokenizer, size, cfg.rm.objectives, _weights(cfg), cfg.data.max_length, lora, cfg.train.seed, cfg.rm.penalty, cfg.rm.pooling).to(device())
         results = []
+        if cfg.train.max_minutes is not None:
+            print(f"train.max_minutes={cfg.train.max_minutes}: {cfg.train.max_minutes / size:g} minutes for each of the {size} members")
         for k in range(size):
             member = trained.trainable_member(k)
             member_train = bootstrap_sample(data.train, cfg.train.seed + 1000 * (k + 1)) if cfg.rm.bootstrap else data.train
-            member_cfg = replace(cfg.train, output_dir=str(out / f"member-{k}"), seed=cfg.train.seed + k)
+            # train.max_minutes is the whole ensemble's budget: each member gets its share
+            member_cfg = replace(cfg.train, output_dir=str(out / f"member-{k}"), seed=cfg.train.seed + k, max_minutes=None if cfg.train.max_minutes is None else cfg.train.max_minutes / size)
             results.append(fit(member, objective, member_train, data.eval, member_cfg, title=f"rm member {k + 1}/{size}", report=data.report))
         trained.requires_grad_(False)
     save_final_model(lambda path: trained.save_pretrained(path), out / "model")

@@ -68,6 +68,7 @@ def run_sft(cfg: SFTConfig) -> FitResult:
     """Fine-tune ``cfg.model`` on the demonstrations in ``cfg.data``; saves the model to ``<output_dir>/model``."""
     from pathlib import Path
 
+    from tether.evaluate.periodic import build_policy_evaluator
     from tether.models import save_model
     from tether.parallel import is_main
     from tether.trainers.common import load_trainable_model
@@ -82,7 +83,8 @@ def run_sft(cfg: SFTConfig) -> FitResult:
     for line in data.report:
         print(line)
     objective = SFTObjective(tokenizer.pad_token_id, cfg.data.pack, cfg.data.max_length, cfg.model.chunk_size)
-    result = fit(model, objective, data.train, data.eval, cfg.train, title="sft", report=data.report)
+    evaluator = build_policy_evaluator(cfg.policy_eval, out, model, tokenizer, distributed=cfg.train.distributed)
+    result = fit(model, objective, data.train, data.eval, cfg.train, title="sft", report=data.report, policy_eval=evaluator)
     model = result.model  # whole (None on the other processes of a sharded run)
     save_final_model(save_model, model, tokenizer, out / "model")
     print(f"saved model to {out / 'model'}")

@@ -9,7 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tether.config import LoRAConfig, ModelConfig, TrainingBase, choices, opt
+from tether.config import (
+    LoRAConfig,
+    ModelConfig,
+    PolicyEvalConfig,
+    TrainingBase,
+    choices,
+    opt,
+)
 from tether.rl.kl import KLEstimator
 
 
@@ -51,7 +58,6 @@ class OnlineTrainConfig(TrainingBase):
     epochs: int = opt(1, "Passes over each step's responses (PPO epochs).")
     minibatch_size: int = opt(0, "Responses per gradient update inside an epoch (0: the whole step's batch in one update).")
     monitor_window: int = opt(10, "Steps each reward-hacking monitor looks back over.")
-    max_minutes: float | None = opt(None, "Stop after the step that crosses this many minutes of training (a CPU budget); the model is saved and evaluated as usual.")
 
 
 @dataclass
@@ -95,6 +101,7 @@ class OnlineSections:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     kl: KLConfig = field(default_factory=KLConfig)
+    policy_eval: PolicyEvalConfig = field(default_factory=PolicyEvalConfig)
 
 
 __all__ = ["KLConfig", "OnlineSections", "OnlineTrainConfig", "PromptDataConfig", "RewardConfig", "SamplingConfig", "default_lora", "group_train_defaults"]

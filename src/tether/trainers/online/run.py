@@ -194,8 +194,11 @@ class StepState:
         self.optimizer, self.scheduler, self.kl_ctl = optimizer, scheduler, kl_ctl
         self.started = started  # before loading: the summary's seconds count the whole run
         self.monitors = Monitors(t.monitor_window)
+        self.evaluator = build_evaluator(run, cfg)  # before the checkpoint is loaded: the policy is still the starting model
         self.checkpoints, latest = prepare_output(t.output_dir, t.resume, t.keep_checkpoints)
         self.start_step, self.history, self.before = resume_or_begin(self.checkpoints, latest, modules, optimizer, scheduler, kl_ctl, self.monitors)
+        if self.evaluator is not None:
+            self.evaluator.start_step = self.start_step  # evaluations up to the checkpoint's step ran before it was written
         if self.start_step == 0:
             self.before = held_out(run, cfg)
             if self.before:
@@ -218,6 +221,8 @@ class StepState:
             self.kl_ctl.update(metrics["kl/ref"], samples * world().size)  # samples: this process's; every process has as many
         log_step(self.logger, self.history, self.monitors, step + 1, metrics)
         self.done = step + 1
+        if self.evaluator is not None:
+            self.evaluator.maybe(self.done, self.run.policy, self.logger)
         if out_of_time(self.cfg, self.loop_started):
             self.logger.print(f"train.max_minutes={t.max_minutes} reached after step {self.done}; stopping")
             return True
@@ -227,11 +232,25 @@ class StepState:
 
     def finish(self) -> dict:
         """The last checkpoint, the held-out evaluation after training, the saved model and summary."""
+        extra = None
+        if self.evaluator is not None:  # before the last checkpoint, as every evaluation precedes its step's checkpoint
+            self.evaluator.maybe(self.done, self.run.policy, self.logger, final=True)
+            extra = self.evaluator.summary_rows()
         self._save()
-        return finish_run(self.run, self.cfg, self.logger, self.history, self.monitors, self.before, self.started, self.title, self.done)
+        return finish_run(self.run, self.cfg, self.logger, self.history, self.monitors, self.before, self.started, self.title, self.done, extra)
 
 
-def finish_run(run: RunSetup, cfg, logger, history, monitors, before, started: float, title: str, steps_done: int) -> dict:
+def build_evaluator(run: RunSetup, cfg):
+    """``policy_eval``'s evaluator (None when off) on the run's own held-out prompts unless
+    ``policy_eval.prompts`` names others; the reference the run holds serves as the starting model."""
+    from tether.evaluate.periodic import build_policy_evaluator
+
+    held = run.reference.frozen if run.reference is not None else None
+    split = {"path": cfg.data.path, "eval_prompts": cfg.data.eval_prompts, "split_seed": cfg.data.split_seed}
+    return build_policy_evaluator(cfg.policy_eval, cfg.train.output_dir, run.policy, run.tokenizer, held_reference=held, held_out=run.eval_prompts, data_split=split, distributed=cfg.train.distributed)
+
+
+def finish_run(run: RunSetup, cfg, logger, history, monitors, before, started: float, title: str, steps_done: int, extra: dict | None = None) -> dict:
     """Held-out evaluation after training, the final model in HF format, summary.json."""
     from tether.models import save_model
     from tether.trainers.distributed import save_final_model
@@ -247,6 +266,7 @@ def finish_run(run: RunSetup, cfg, logger, history, monitors, before, started: f
     for k, series in history.items():
         if series:
             rows[f"last/{k}"] = series[-1]
+    rows.update(extra or {})
     rows["monitor_warnings"] = monitors.summary()
     logger.summary(f"{title} summary", rows)
     print(f"saved model to {out / 'model'}")
