@@ -59,7 +59,10 @@ class ShardedCheckpointer(Checkpointer):
         model_state, optim_state = get_state_dict(model, optimizer, options=options)
         target = {"model": model_state, "optimizer": optim_state}
         dcp.load(target, checkpoint_id=str(path / SHARDS))
-        set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"], options=options)
+        # Not strict: with frozen weights (LoRA's base) the state holds the trainable ones alone, and
+        # dcp.load above already refused a checkpoint lacking any key of ``target``.
+        strict_off = StateDictOptions(ignore_frozen_params=True, strict=False)
+        set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"], options=strict_off)
         state = load_state(path / "state.pt")  # weights_only: refuses a planted pickle
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])
