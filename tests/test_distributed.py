@@ -161,11 +161,14 @@ from tether.config import from_dict
 import tether.rl.advantages as advantages
 from toy_rewards import LowercaseReward
 
-out, algo = sys.argv[1], sys.argv[2]
+out, algo, mode, stop_at, resume, save_every, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1", int(sys.argv[6]), int(sys.argv[7])
 seen = {"texts": [], "scores": [], "advantages": []}
 
 class Recording(LowercaseReward):
     def score(self, prompts, responses):
+        if len(seen["texts"]) == stop_at:  # every process, at the same step: a run stopped after step stop_at
+            import os
+            os._exit(3)
         got = super().score(prompts, responses)
         seen["texts"].append(list(responses))
         seen["scores"].append(got["reward"].tolist())
@@ -180,28 +183,37 @@ advantages.group_advantages = recorded
 
 from tether.trainers.grpo import GRPOConfig, run_grpo
 from tether.trainers.ppo import PPOConfig, run_ppo
+from tether.trainers.rloo import RLOOConfig, run_rloo
 sections = {
     "model": {"name_or_path": "tiny"},
     "sampling": {"max_new_tokens": 6},
     "data": {"eval_prompts": 0},
     "kl": {"coef": 0.1, "adaptive": True, "target": 0.5, "horizon": 10},
-    "train": {"output_dir": out, "max_steps": 2, "progress": False, "save_every": 0, "threads": 1,
+    "train": {"output_dir": out, "max_steps": steps, "progress": False, "save_every": save_every, "threads": 1, "distributed": mode, "resume": resume,
               "prompts_per_step": 4, "samples_per_prompt": 4, "epochs": 2, "minibatch_size": 0, "lr": 3e-3},
 }
 if algo == "ppo":  # whitened GAE advantages (mean and variance over both processes), target_kl decided together
     run_ppo(from_dict(PPOConfig, {**sections, "ppo": {"whiten_advantages": True, "target_kl": 10.0}}), reward_source=Recording())
+elif algo == "rloo":
+    run_rloo(from_dict(RLOOConfig, sections), reward_source=Recording())
 else:
     run_grpo(from_dict(GRPOConfig, sections), reward_source=Recording())
 json.dump(seen, open(f"{out}/seen-rank{parallel.world().rank}.json", "w"))
 '''
 
 
-def run_online_worker(out: Path, nproc: int, tmp_path: Path, algo: str = "grpo") -> list[dict]:
+def run_online_worker(out: Path, nproc: int, tmp_path: Path, algo: str = "grpo", mode: str = "ddp", stop_at: int = -1, resume: bool = False, save_every: int = 0, steps: int = 2) -> list[dict]:
+    """``ONLINE_WORKER`` in one process or under torchrun; ``stop_at`` >= 0: every process exits
+    (status 3) when step ``stop_at`` + 1 scores its replies, after step ``stop_at``'s checkpoint."""
     script = tmp_path / "online_worker.py"
     script.write_text(ONLINE_WORKER)
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO / 'tests'}", "OMP_NUM_THREADS": "1", "TETHER_CACHE": str(tmp_path / "cache")}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] if nproc > 1 else [sys.executable]
-    proc = subprocess.run([*launcher, str(script), str(out), algo], env=env, capture_output=True, text=True, timeout=300)
+    argv = [str(out), algo, mode, str(stop_at), "1" if resume else "0", str(save_every), str(steps)]
+    proc = subprocess.run([*launcher, str(script), *argv], env=env, capture_output=True, text=True, timeout=900)  # a few seconds when the machine is idle
+    if stop_at >= 0:
+        assert proc.returncode != 0 and not (out / "model").exists(), "the run was meant to stop early"
+        return []
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return [json.loads((out / f"seen-rank{r}.json").read_text()) for r in range(nproc)]
 
@@ -302,16 +314,19 @@ def test_placement_auto_is_float32_on_the_cpu_and_cuda_is_refused_without_a_gpu(
         resolve_placement("cpu", "float16", w)
 
 
-def test_fsdp_is_refused_for_online_runs_and_uneven_batches(monkeypatch):
-    """Under torchrun (faked: the environment says 2 processes, and joining the group is skipped)."""
+def test_fsdp_is_refused_where_a_command_cannot_shard_and_for_uneven_batches(monkeypatch):
+    """Under torchrun (faked: the environment says 2 processes, and joining the group is skipped).
+    PPO (value head outside the policy), Nash-MD and online DPO (judged comparisons on the whole
+    policy) refuse FSDP by name; GRPO and RLOO take it."""
     from tether import parallel
     from tether.trainers.distributed import check_mode
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setattr(parallel, "init", lambda backend=None: parallel.World(0, 2, 0))
-    with pytest.raises(NotImplementedError, match="train.distributed=fsdp"):
-        check_mode("fsdp", 4, "train.prompts_per_step", online=True)
+    with pytest.raises(NotImplementedError, match="train.distributed=fsdp is not available for ppo"):
+        check_mode("fsdp", 4, "train.prompts_per_step", no_fsdp="ppo (its value head)")
+    check_mode("fsdp", 4, "train.prompts_per_step")
     with pytest.raises(ValueError, match="train.batch_size=3 must be a multiple"):
         check_mode("fsdp", 3, "train.batch_size")
     with pytest.raises(ValueError, match="train.batch_size=1 is smaller"):
@@ -328,3 +343,53 @@ def test_one_process_is_untouched_by_the_collectives():
     all_reduce_gradients([p])
     assert p.grad.tolist() == [0.5, -0.25]
     assert sum_metrics({"loss": torch.tensor(1.5), "tokens": 7.0}) == {"loss": 1.5, "tokens": 7.0}
+
+
+# ---- online under FSDP2 --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algo", ["grpo", "rloo"])
+def test_online_fsdp_two_processes_equal_one(tmp_path, algo):
+    """GRPO and RLOO with the policy sharded (FSDP2) over 2 processes: the sampler (a whole copy,
+    refreshed from the shards before each rollout) draws the 1-process replies, GRPO's group
+    advantages match (RLOO's enter the loss and the weights compared below),
+    and the loss and gradient norm of both steps (2 epochs each: the second with a ratio != 1,
+    gradients reduce-scattered as sums) and the exported weights equal the 1-process run's. The
+    checkpoint is sharded (DCP) and the export consolidated (one model.safetensors)."""
+    one = run_online_worker(tmp_path / "one", 1, tmp_path, algo)[0]
+    two = run_online_worker(tmp_path / "two", 2, tmp_path, algo, mode="fsdp")
+    for step in range(2):
+        assert interleave_groups([r["texts"][step] for r in two], 4) == one["texts"][step]
+        if algo != "grpo":
+            continue
+        together = interleave_groups([r["advantages"][step] for r in two], 4)
+        assert together == pytest.approx(one["advantages"][step], abs=1e-5)
+        assert any(abs(a) > 0.1 for a in together)
+    # RLOO's KL is k1 (lp - ref), whose value at step 1 is 0 up to float32 rounding of the summed
+    # log-probs (the reference pass runs on each process's half of the batch): compared to 1e-5 only.
+    # GRPO's k3 is quadratic in that difference, so its rounding vanishes and it is compared with the rest.
+    keys = ("loss/total", "grad_norm", "reward/mean", "kl/coef") + (("kl/ref",) if algo == "grpo" else ())
+    assert_same_run(tmp_path / "one", tmp_path / "two", "model.safetensors", keys=keys, mode="fsdp")
+    ka, kb = ([r["kl/ref"] for r in records(tmp_path / d, "train")] for d in ("one", "two"))
+    assert kb == pytest.approx(ka, abs=1e-5)
+
+
+def test_grpo_fsdp_stopped_and_resumed_equals_uninterrupted(tmp_path):
+    """2 FSDP processes, a sharded checkpoint every step: a run whose processes all exit while
+    scoring step 3 (after step 2's checkpoint) and is resumed (train.resume=true, 2 processes) ends
+    with the weights of a run never interrupted, and logged the same rewards. Each process restores
+    its shard of the LoRA weights and of AdamW's moments; the sampler is refreshed from them."""
+    steps = 4
+    run_online_worker(tmp_path / "straight", 2, tmp_path, mode="fsdp", save_every=1, steps=steps)
+    stopped = tmp_path / "stopped"
+    run_online_worker(stopped, 2, tmp_path, mode="fsdp", stop_at=2, save_every=1, steps=steps)
+    done = sorted(p.name for p in (stopped / "checkpoints").glob("step-*") if (p / "COMPLETE").exists())
+    assert done[-1] == "step-0000002" and (stopped / "checkpoints" / done[-1] / "sharded").is_dir()
+    run_online_worker(stopped, 2, tmp_path, mode="fsdp", resume=True, save_every=1, steps=steps)
+    a, b = weights(tmp_path / "straight" / "model" / "model.safetensors"), weights(stopped / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    ra, rb = records(tmp_path / "straight", "train"), records(stopped, "train")
+    assert [r["step"] for r in rb] == list(range(1, steps + 1))
+    assert [r["reward/mean"] for r in rb] == pytest.approx([r["reward/mean"] for r in ra], abs=1e-6)

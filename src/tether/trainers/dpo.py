@@ -103,10 +103,11 @@ class PreferenceObjective:
     def units(self, examples: list[Example]) -> float:
         return float(len(examples))
 
-    def prepare(self, model: torch.nn.Module, examples: list[Example]) -> None:
-        """Called by the loop before training: a cached reference computes what it lacks."""
+    def prepare(self, model: torch.nn.Module, examples: list[Example], dist=None) -> None:
+        """Called by the loop before training: a cached reference computes what it lacks (under
+        torchrun each process its share; ``dist``: the loop's ``Distributed``)."""
         if self.reference is not None:
-            self.reference.prepare(model, examples)
+            self.reference.prepare(model, examples, dist)
 
     def loss(self, model: torch.nn.Module, examples: list[Example]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # Rankings may hold different numbers of completions; each size is its own forward pass.

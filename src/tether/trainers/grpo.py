@@ -56,7 +56,7 @@ def run_grpo(cfg: GRPOConfig, reward_source=None, gold_source=None) -> dict:
     from tether.rl.advantages import group_advantages
     from tether.rl.kl import kl_estimate
     from tether.trainers.common import build_optimizer, build_scheduler, ensure_finite
-    from tether.trainers.online.batch import ResponseBatch, response_hidden, response_logprobs
+    from tether.trainers.online.batch import ResponseBatch, policy_logprobs
     from tether.trainers.online.rollout import collect
     from tether.trainers.online.run import StepState, Timer, make_kl_controller, rollout_metrics, start_run
     from tether.trainers.online.update import UpdateMeans, global_tokens, group_metrics, minibatches, optimizer_step, single_update
@@ -85,7 +85,7 @@ def run_grpo(cfg: GRPOConfig, reward_source=None, gold_source=None) -> dict:
         ref_lp = kl = None  # 2. no reference: β is fixed at 0
         if run.reference is not None:
             with timer("reference"):
-                ref_lp = run.reference.logprobs(run.policy, got.batch, temperature, chunk)  # [B, Tr]
+                ref_lp = run.reference.logprobs(run.sampler, got.batch, temperature, chunk)  # [B, Tr]; the whole policy (adapters off) under FSDP too
             kl = torch.where(mask, kl_estimate(cfg.kl.estimator, old_lp, ref_lp), torch.zeros(()))  # [B, Tr], logged only
         advantages = group_advantages(scores, group, normalize_std=g.normalize_std)  # 3. [B]; the KL is in the loss, not here
 
@@ -96,7 +96,7 @@ def run_grpo(cfg: GRPOConfig, reward_source=None, gold_source=None) -> dict:
                 for rows in minibatches(len(rollout.texts), t.minibatch_size, shuffle):
                     sub = ResponseBatch.from_rollout(rollout, run.pad_id, rows)
                     m = sub.mask  # [b, Tr]
-                    logprobs, entropy = response_logprobs(run.policy, response_hidden(run.policy, sub), sub, temperature, chunk, entropy=True)  # [b, Tr]
+                    logprobs, entropy = run.shards.run(policy_logprobs, sub, temperature, chunk, True)  # [b, Tr]; through the FSDP root when sharded
                     old = None if one_update else old_lp[rows]
                     if ref_lp is not None:
                         losses, lm = grpo_loss(logprobs, old, ref_lp[rows], advantages[rows], m, clip_eps=g.clip_eps, beta=kl_ctl.value, kl_estimator=cfg.kl.estimator)
@@ -105,7 +105,7 @@ def run_grpo(cfg: GRPOConfig, reward_source=None, gold_source=None) -> dict:
                     loss = token_mean_global(losses, m, global_tokens(m))  # all processes' tokens: the step equals one process's
                     ensure_finite(loss.detach(), step + 1)
                     piece = {
-                        "grad_norm": optimizer_step(loss, params, optimizer, t.max_grad_norm),
+                        "grad_norm": optimizer_step(loss, params, optimizer, t.max_grad_norm, run.shards),
                         "loss/total": loss.detach(),
                         "policy/entropy": masked_mean(entropy, m),
                     }

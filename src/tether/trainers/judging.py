@@ -50,7 +50,8 @@ def start_judged_run(cfg, reward_source, gold_source, judge, spec: str, temperat
     from tether.trainers.online.reference import Reference
     from tether.trainers.online.run import StepState, make_kl_controller, start_run
 
-    run = start_run(cfg, reward_source, gold_source)
+    # FSDP is refused: the judged comparisons and the mixture sampler read run.policy whole.
+    run = start_run(cfg, reward_source, gold_source, no_fsdp=f"{title} (the judged comparisons and its sampling read the policy whole)")
     if run.reference is None:
         run.reference = Reference(cfg.kl.reference, run.policy, cfg.lora.enabled)
     judge = judge if judge is not None else build_judge(spec, temperature, run.source, key)

@@ -170,7 +170,7 @@ def fit(
     prepare = getattr(objective, "prepare", None)
     if prepare is not None:  # before the checkpoint's weights are loaded: the model is still the initial one
         steps_left = [train[i] for step in range(start_step, plan.total_steps) for i in plan.indices(step)]
-        prepare(model, steps_left + eval_examples)
+        prepare(model, steps_left + eval_examples, dist)  # under torchrun a shared pass: each process computes its share
     if latest is not None:
         start_step, _ = checkpoints.load(latest, saved, optimizer, scheduler)
 

@@ -146,7 +146,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
     from tether.trainers.online.update import UpdateMeans, global_tokens, minibatches, optimizer_step, single_update
 
     started = time.time()
-    run = start_run(cfg, reward_source, gold_source)
+    run = start_run(cfg, reward_source, gold_source, no_fsdp="ppo (its value head and critic sit outside the sharded policy)")
     t, p = cfg.train, cfg.ppo
     critic = None
     if p.critic == Critic.SEPARATE:

@@ -103,10 +103,11 @@ class ReferencePolicy(Reference):
         self.chunk_size = chunk_size
         self.cache = cache
 
-    def prepare(self, model: torch.nn.Module, examples: list[Example]) -> None:
-        """Cached mode: make sure every one of ``examples`` has its reference values (see the module doc)."""
+    def prepare(self, model: torch.nn.Module, examples: list[Example], dist=None) -> None:
+        """Cached mode: make sure every one of ``examples`` has its reference values (see the module doc).
+        ``dist``: the run's ``trainers.distributed.Distributed`` (the pass is split across processes)."""
         if self.mode == "cached" and self.cache is not None:
-            self.cache.prepare(model, examples)
+            self.cache.prepare(model, examples, dist)
 
     @torch.no_grad()
     def logps(self, model: torch.nn.Module, batch: TokenBatch, examples: list[Example]) -> torch.Tensor:
@@ -151,13 +152,14 @@ def example_key(example: Example) -> str:
 
 
 @torch.no_grad()
-def compute_reference_logps(model: torch.nn.Module, examples: list[Example], pad_id: int, layout: Layout, row_tokens: int, chunk_size: int) -> list[list[float]]:
-    """Reference log-probability of every slot of every example (one forward pass), in example order."""
+def compute_reference_logps(model: torch.nn.Module, examples: list[Example], pad_id: int, layout: Layout, row_tokens: int, chunk_size: int, dist=None) -> list[list[float]]:
+    """Reference log-probability of every slot of every example (one forward pass), in example order.
+    ``dist``: the run's ``Distributed``, whose ``run`` goes through the FSDP root when sharded."""
     was_training = model.training
     model.eval()
     batch = collate_layout(layout, [e.sequences for e in examples], pad_id, row_tokens).to(parallel.device())
     with parallel.autocast():  # the precision training runs in, so step 0's policy equals its reference
-        logps = sequence_logps(model, batch, chunk_size).tolist()
+        logps = (dist.run(sequence_logps, batch, chunk_size) if dist is not None else sequence_logps(model, batch, chunk_size)).tolist()
     model.train(was_training)
     out, k = [], 0
     for e in examples:
@@ -197,13 +199,16 @@ class CachedReference:
         for shard in shards:
             data = torch.load(shard, weights_only=True)
             self.values.update(zip(data["keys"], data["values"]))
-        if len(shards) > self.MAX_SHARDS:
+        parallel.barrier()  # under torchrun: every process has read the shards before the main one merges or adds any
+        if len(shards) > self.MAX_SHARDS and parallel.is_main():
             self._write(dict(self.values))
             for shard in shards:
                 shard.unlink(missing_ok=True)
         print(f"reference log-probabilities: cache {self.directory} holds {len(self.values)} examples (model fingerprint and read: {time.time() - started:.1f} s)")
 
     def _write(self, entries: dict[str, list[float]]) -> None:
+        if not parallel.is_main():  # under torchrun every process holds the gathered values; one writes them
+            return
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / f"shard-{time.time_ns()}-{os.getpid()}.pt"
         tmp = final.with_suffix(f".tmp{os.getpid()}")
@@ -215,9 +220,17 @@ class CachedReference:
             self._write(self._pending)
             self._pending = {}
 
-    def prepare(self, model: torch.nn.Module, examples: list[Example]) -> None:
+    def prepare(self, model: torch.nn.Module, examples: list[Example], dist=None) -> None:
         """Fill ``example.extra['ref_logps']`` for each of ``examples``, computing (with ``model``,
-        which must still be the reference) only those the cache lacks, in the order given."""
+        which must still be the reference) only those the cache lacks, in the order given.
+
+        Under torchrun the pass is split: the examples to compute are cut into the micro-batches one
+        process would run (the same batches, so every value is the one a single process computes),
+        process r runs batches r, r + n, ..., and each round's values are gathered to every process;
+        the main process alone writes them. ``dist``: the run's ``Distributed`` (FSDP runs each
+        forward pass through its root, and every process joins every round's pass)."""
+        import math
+
         from tether.trainers.progress import Progress
 
         if self.directory is None:
@@ -226,16 +239,29 @@ class CachedReference:
         keys = {id(e): example_key(e) for e in unique}
         todo = list({keys[id(e)]: e for e in unique if keys[id(e)] not in self.values}.values())  # one per key
         todo.sort(key=lambda e: e.num_tokens)  # similar lengths batched together: less padding, as in training
+        w = parallel.world()
+        if w.distributed:  # the main process's list and order, so every process runs the same rounds
+            by_key = {keys[id(e)]: e for e in unique}
+            todo = [by_key[k] for k in parallel.broadcast_object([keys[id(e)] for e in todo])]
         print(f"reference log-probabilities: this run uses {len(unique)} examples, {len(unique) - len(todo)} cached, computing {len(todo)}")
         if todo:
+            batches = [todo[i : i + self.micro_batch_size] for i in range(0, len(todo), self.micro_batch_size)]
+            lockstep = dist is not None and dist.lockstep
             last_flush = time.time()
             with Progress("reference pass", len(todo), enabled=self.progress, unit="ex") as bar:
-                for start in range(0, len(todo), self.micro_batch_size):
-                    chunk = todo[start : start + self.micro_batch_size]
-                    for e, v in zip(chunk, compute_reference_logps(model, chunk, self.pad_id, self.layout, self.row_tokens, self.chunk_size)):
-                        self.values[keys[id(e)]] = self._pending[keys[id(e)]] = v
+                for r in range(math.ceil(len(batches) / w.size)):
+                    k = r * w.size + w.rank
+                    chunk = batches[k] if k < len(batches) else []
+                    if chunk:
+                        got = compute_reference_logps(model, chunk, self.pad_id, self.layout, self.row_tokens, self.chunk_size, dist)
+                    elif lockstep:  # FSDP gathers weights inside every forward pass: join this round's, discarding it
+                        compute_reference_logps(model, batches[0], self.pad_id, self.layout, self.row_tokens, self.chunk_size, dist)
+                    mine = [(keys[id(e)], v) for e, v in zip(chunk, got)] if chunk else []
                     self.computed += len(chunk)
-                    bar.advance(len(chunk))
+                    for piece in parallel.gather_objects(mine):
+                        for key, v in piece:
+                            self.values[key] = self._pending[key] = v
+                        bar.advance(len(piece))
                     if len(self._pending) >= self.flush_every or time.time() - last_flush >= self.flush_seconds:
                         self.flush()
                         last_flush = time.time()

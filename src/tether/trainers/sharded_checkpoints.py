@@ -5,6 +5,8 @@ directory renamed into place once complete, ``COMPLETE`` last, old ones pruned),
 and the optimiser state as a ``torch.distributed.checkpoint`` (DCP) directory instead of one
 safetensors file: no process ever holds the whole model. The step, schedule and RNG state are
 the same on every process and are written once, by the main process, as ``state.pt``.
+Loading never unpickles anything unchecked: ``state.pt`` with ``weights_only=True``, the DCP
+directory through ``safe_dcp`` (its ``.metadata`` and non-tensor entries are pickles).
 A sharded checkpoint resumes on the same number of processes (DCP can reshard on load, but tether
 only tests the same count).
 """
@@ -50,16 +52,20 @@ class ShardedCheckpointer(Checkpointer):
         return final
 
     def load(self, path: Path, model: torch.nn.Module, optimizer, scheduler) -> tuple[int, dict[str, Any]]:
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+        from tether.trainers.safe_dcp import safe_load
 
         if not (path / SHARDS).is_dir():
             raise RuntimeError(f"checkpoint {path} holds no sharded state ({SHARDS}/); was it written by a run with train.distributed=ddp or one process?")
         options = StateDictOptions(ignore_frozen_params=True)
         model_state, optim_state = get_state_dict(model, optimizer, options=options)
         target = {"model": model_state, "optimizer": optim_state}
-        dcp.load(target, checkpoint_id=str(path / SHARDS))
-        set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"], options=options)
+        safe_load(target, path / SHARDS)  # DCP's own reader would unpickle .metadata (and non-tensor entries) unchecked
+        # Not strict: with frozen weights (LoRA's base) the state holds the trainable ones alone, and
+        # the load above already refused a checkpoint lacking any key of ``target``.
+        strict_off = StateDictOptions(ignore_frozen_params=True, strict=False)
+        set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"], options=strict_off)
         state = load_state(path / "state.pt")  # weights_only: refuses a planted pickle
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])

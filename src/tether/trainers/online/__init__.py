@@ -17,7 +17,7 @@ into an algorithm's module:
 The names below are re-exported so ``from tether.trainers.online import X`` reaches any of them.
 """
 
-from tether.trainers.online.batch import ResponseBatch, banned_renormaliser, entropy_surrogate, response_hidden, response_logprobs
+from tether.trainers.online.batch import ResponseBatch, banned_renormaliser, entropy_surrogate, policy_logprobs, response_hidden, response_logprobs
 from tether.trainers.online.config import KLConfig, OnlineSections, OnlineTrainConfig, PromptDataConfig, RewardConfig, SamplingConfig, default_lora
 from tether.trainers.online.reference import Reference, uses_reference
 from tether.trainers.online.rollout import Collected, collect, load_prompts, load_reward, prompt_text, sample_responses, sampling_params, score, step_generator
@@ -51,6 +51,7 @@ __all__ = [
     "minibatches",
     "optimizer_step",
     "out_of_time",
+    "policy_logprobs",
     "prompt_text",
     "response_hidden",
     "response_logprobs",

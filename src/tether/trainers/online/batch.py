@@ -106,6 +106,13 @@ def response_logprobs(model, hidden: torch.Tensor, batch: ResponseBatch, tempera
     return scatter_masked(logprobs, mask), (scatter_masked(ent, mask) if entropy else None)  # [B, Tr]
 
 
+def policy_logprobs(model, batch: ResponseBatch, temperature: float, chunk_size: int, entropy: bool = False):
+    """``response_logprobs`` over ``response_hidden``: one forward pass of ``model`` over ``batch``
+    -> (log-probs [B, Tr], entropy [B, Tr] or None). The function an FSDP root runs whole
+    (``PolicyShards.run``), so the head's weights are gathered while it reads them."""
+    return response_logprobs(model, response_hidden(model, batch), batch, temperature, chunk_size, entropy)
+
+
 def banned_renormaliser(hidden: torch.Tensor, head, targets: torch.Tensor, logprobs: torch.Tensor, banned_ids, temperature: float) -> torch.Tensor:
     """log(1 − Σ_e π(e)) over the banned tokens e, per row: what renormalising over the others
     subtracts from log π(y). hidden [m, H], targets [m] (never banned), logprobs [m] = log π(y) -> [m].
@@ -135,4 +142,4 @@ def entropy_surrogate(logprobs: torch.Tensor) -> torch.Tensor:
     return -logprobs.detach() * logprobs
 
 
-__all__ = ["ResponseBatch", "banned_renormaliser", "entropy_surrogate", "response_hidden", "response_logprobs"]
+__all__ = ["ResponseBatch", "banned_renormaliser", "entropy_surrogate", "policy_logprobs", "response_hidden", "response_logprobs"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from tether.trainers.online.batch import ResponseBatch, response_hidden, response_logprobs
+from tether.trainers.online.batch import ResponseBatch, policy_logprobs
 from tether.trainers.online.config import KLConfig
 from tether.trainers.reference import Reference as SharedReference
 
@@ -20,7 +20,7 @@ class Reference(SharedReference):
     @torch.no_grad()
     def logprobs(self, model, batch: ResponseBatch, temperature: float, chunk_size: int) -> torch.Tensor:
         with self.network(model) as net:
-            lp, _ = response_logprobs(net, response_hidden(net, batch), batch, temperature, chunk_size)  # [B, Tr]
+            lp, _ = policy_logprobs(net, batch, temperature, chunk_size)  # [B, Tr]
         return lp
 
 

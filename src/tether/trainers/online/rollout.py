@@ -106,9 +106,10 @@ def collect(run, cfg, step: int, timer) -> Collected:
     positions = shard(list(range(len(indices))))
     prompts = [run.train_prompts[indices[i]] for i in positions]
     with timer("generate"):
+        run.shards.sync_sampler()  # FSDP: the whole current weights, on every process (a collective)
         generator = step_generator(t.seed, step, device())
         split = world().distributed
-        rollout = sample_responses(run.policy, run.tokenizer, prompts, group, run.params, generator, positions if split else None, len(indices))
+        rollout = sample_responses(run.sampler, run.tokenizer, prompts, group, run.params, generator, positions if split else None, len(indices))
     with timer("score"):
         scores, extras = score(run.source, prompts, rollout.texts, group, cfg.reward.clip)  # [B]
         gold = score(run.gold, prompts, rollout.texts, group)[0] if run.gold is not None else None  # [B]

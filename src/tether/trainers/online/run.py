@@ -94,11 +94,12 @@ def trim_history(history: dict[str, list[float]], steps: int) -> None:
         del values[steps:]
 
 
-def prepare_output(output_dir: str, resume: bool, keep: int = 2):
-    """(Checkpointer, latest checkpoint or None); a fresh run clears an earlier run's state."""
+def prepare_output(output_dir: str, resume: bool, keep: int = 2, sharded: bool = False):
+    """(Checkpointer, latest checkpoint or None); a fresh run clears an earlier run's state.
+    ``sharded``: FSDP, every process writes its shard (``ShardedCheckpointer``)."""
     from tether.trainers.distributed import open_run_checkpoints
 
-    return open_run_checkpoints(output_dir, resume, keep)
+    return open_run_checkpoints(output_dir, resume, keep, sharded=sharded)
 
 
 def resume_or_begin(checkpoints, latest, modules, optimizer, scheduler, kl_ctl, monitors) -> tuple[int, dict[str, list[float]], dict | None]:
@@ -126,11 +127,20 @@ class RunSetup:
     params: object  # SamplingParams
     plan: object  # StepPlan over train prompts
     pad_id: int
+    shards: object  # PolicyShards: how the policy trains (FSDP or not) and the copy that samples
+
+    @property
+    def sampler(self) -> torch.nn.Module:
+        """The whole policy that generates, runs the reference and is exported (``policy`` itself
+        unless FSDP shards it; then refreshed by ``shards.sync_sampler``)."""
+        return self.shards.sampler
 
 
-def start_run(cfg, reward_source=None, gold_source=None) -> RunSetup:
+def start_run(cfg, reward_source=None, gold_source=None, no_fsdp: str | None = None) -> RunSetup:
     """Seed, load the policy (and its reference, before any checkpoint changes the weights),
-    the reward sources and the prompts. No reference is built when ``cfg.kl`` never needs one."""
+    the reward sources and the prompts. No reference is built when ``cfg.kl`` never needs one.
+    Under ``train.distributed=fsdp`` the policy is sharded here, before any optimiser sees it
+    (``PolicyShards``); ``no_fsdp`` names a command that cannot run sharded (it is refused)."""
     from tether.config import save_yaml
     from tether.rollout.engine import pad_token_id
     from tether.trainers.common import StepPlan, configure_threads, load_trainable_model, set_seed
@@ -143,24 +153,29 @@ def start_run(cfg, reward_source=None, gold_source=None) -> RunSetup:
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
     policy, tokenizer = load_trainable_model(cfg.model, cfg.lora, cfg.train.seed)
-    check_mode(cfg.train.distributed, cfg.train.prompts_per_step, "train.prompts_per_step")
+    from tether.trainers.online.sharding import PolicyShards
+
+    check_mode(cfg.train.distributed, cfg.train.prompts_per_step, "train.prompts_per_step", no_fsdp=no_fsdp)
     check_online_split(cfg.train.prompts_per_step, cfg.train.minibatch_size)
-    reference = Reference(cfg.kl.reference, policy, cfg.lora.enabled) if uses_reference(cfg.kl) else None
+    reference = Reference(cfg.kl.reference, policy, cfg.lora.enabled) if uses_reference(cfg.kl) else None  # a copy: of the unsharded policy
+    shards = PolicyShards(policy, cfg.train.distributed)
     source = reward_source if reward_source is not None else load_reward(cfg.reward.source, cfg.reward.uncertainty_penalty)
     gold = gold_source if gold_source is not None else (load_reward(cfg.reward.gold) if cfg.reward.gold else None)
     train_prompts, eval_prompts = load_prompts(cfg.data)
     plan = StepPlan(len(train_prompts), cfg.train.prompts_per_step, 1.0, cfg.train.max_steps, cfg.train.seed)
-    return RunSetup(policy, tokenizer, reference, source, gold, train_prompts, eval_prompts, sampling_params(cfg.sampling), plan, pad_token_id(tokenizer))
+    return RunSetup(policy, tokenizer, reference, source, gold, train_prompts, eval_prompts, sampling_params(cfg.sampling), plan, pad_token_id(tokenizer), shards)
 
 
 def held_out(run: RunSetup, cfg) -> dict[str, float] | None:
-    """The held-out evaluation; under torchrun the main process alone runs it (it only reads the weights)."""
+    """The held-out evaluation; under torchrun the main process alone runs it (it only reads the
+    weights: the sampler's, which every process refreshes first under FSDP)."""
     from tether.parallel import is_main
 
+    run.shards.sync_sampler()  # a collective under FSDP: before any process leaves
     if not run.eval_prompts or cfg.data.eval_samples <= 0 or not is_main():
         return None
     return evaluate_held_out(
-        run.policy, run.tokenizer, run.eval_prompts, run.source, run.gold, run.params, cfg.data.eval_samples, cfg.data.split_seed, run.reference, cfg.sampling.temperature, cfg.model.chunk_size
+        run.sampler, run.tokenizer, run.eval_prompts, run.source, run.gold, run.params, cfg.data.eval_samples, cfg.data.split_seed, run.reference, cfg.sampling.temperature, cfg.model.chunk_size
     )
 
 
@@ -190,12 +205,15 @@ class StepState:
         from tether.trainers.distributed import open_logger
 
         t = cfg.train
+        if run.shards.sharded and modules is not run.policy:
+            raise NotImplementedError(f"{title}: train.distributed=fsdp checkpoints the policy alone; this run holds more modules (use train.distributed=ddp)")
+        modules = run.shards.checkpointed if run.shards.sharded else modules  # FSDP: the root, whose state is sharded
         self.run, self.cfg, self.modules, self.title = run, cfg, modules, title
         self.optimizer, self.scheduler, self.kl_ctl = optimizer, scheduler, kl_ctl
         self.started = started  # before loading: the summary's seconds count the whole run
         self.monitors = Monitors(t.monitor_window)
         self.evaluator = build_evaluator(run, cfg)  # before the checkpoint is loaded: the policy is still the starting model
-        self.checkpoints, latest = prepare_output(t.output_dir, t.resume, t.keep_checkpoints)
+        self.checkpoints, latest = prepare_output(t.output_dir, t.resume, t.keep_checkpoints, sharded=run.shards.sharded)
         self.start_step, self.history, self.before = resume_or_begin(self.checkpoints, latest, modules, optimizer, scheduler, kl_ctl, self.monitors)
         if self.evaluator is not None:
             self.evaluator.start_step = self.start_step  # evaluations up to the checkpoint's step ran before it was written
@@ -256,9 +274,9 @@ def finish_run(run: RunSetup, cfg, logger, history, monitors, before, started: f
     from tether.trainers.distributed import save_final_model
 
     logger.close()
-    after = held_out(run, cfg)
+    after = held_out(run, cfg)  # refreshes the sampler under FSDP: it is the consolidated model saved next
     out = Path(cfg.train.output_dir)
-    save_final_model(save_model, run.policy, run.tokenizer, out / "model")
+    save_final_model(save_model, run.sampler, run.tokenizer, out / "model")
     rows: dict = {"algorithm": title, "steps": steps_done, "seconds": round(time.time() - started, 1)}
     for name, report in (("before", before), ("after", after)):
         for k, v in (report or {}).items():

@@ -43,14 +43,17 @@ def global_tokens(mask: torch.Tensor) -> torch.Tensor:
     return global_sum(mask.sum()).clamp(min=1)
 
 
-def optimizer_step(loss: torch.Tensor, params, optimizer, max_grad_norm: float) -> torch.Tensor:
+def optimizer_step(loss: torch.Tensor, params, optimizer, max_grad_norm: float, shards=None) -> torch.Tensor:
     """Backward, sum the gradients over processes, clip to ``max_grad_norm`` (<= 0: only measure),
-    step and clear; returns the norm before clipping (a tensor: no host sync here)."""
+    step and clear; returns the norm before clipping (a tensor: no host sync here). ``shards``:
+    the run's ``PolicyShards`` (under FSDP backward already reduce-scattered the gradients)."""
     from tether.trainers.distributed import sync_gradients
 
     loss.backward()
-    sync_gradients(params)
+    (shards.sync_gradients if shards is not None else sync_gradients)(params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP: the norm over every process's shards
+        grad_norm = grad_norm.full_tensor()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm.detach()
