@@ -99,6 +99,31 @@ def test_static_decoder_with_lora_matches_fallback(pair):
     torch.testing.assert_close(fast.logprobs, slow.logprobs, atol=1e-5, rtol=0)
 
 
+def test_lora_projections_fold_as_base_plus_scaled_product_like_the_probe():
+    """The LoRA fold W + (alpha/r)·B@A (peft's merge sum) equals folding the wrapped layer by probing
+    it with an identity matrix, the generic path, adapters on; with the adapters off it is W itself."""
+    from tether.models import disabled_adapter
+    from tether.rollout import llama_decoder
+
+    model, _ = tiny_model_and_tokenizer(seed=2)
+    peft_model = apply_lora(model, r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    layer = peft_model.base_model.model.model.layers[0]
+    for proj in (layer.self_attn.q_proj, layer.mlp.down_proj):
+        weight, bias = llama_decoder._lora_affine(proj)
+        a, b = proj.lora_A["default"].weight, proj.lora_B["default"].weight  # [r, in], [out, r]
+        torch.testing.assert_close(weight, proj.base_layer.weight + 2.0 * b @ a, rtol=0, atol=1e-6)  # alpha / r = 2
+        probe = torch.eye(proj.in_features)  # [in, in]
+        torch.testing.assert_close(weight, proj(probe).t(), rtol=0, atol=1e-5)
+        assert bias is None
+    with disabled_adapter(peft_model):
+        weight, _ = llama_decoder._lora_affine(layer.mlp.down_proj)
+        assert weight is layer.mlp.down_proj.base_layer.weight
+
+
 def test_non_llama_model_takes_fallback():
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -90,10 +90,38 @@ class _FoldedLayer:
     down: _Projection  # I -> H
 
 
+def _lora_affine(module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(W + Σ scale · B @ A, b) of a peft LoRA Linear, the sum peft's own merge computes, or None
+    where that sum is not the layer's map (DoRA, an adapter bias, merged weights, not LoRA)."""
+    try:
+        from peft.tuners.lora import Linear as LoraLinear
+    except ImportError:
+        return None
+    if not isinstance(module, LoraLinear) or module.merged:
+        return None
+    base = module.get_base_layer()
+    if type(base) is not torch.nn.Linear:
+        return None
+    if module.disable_adapters:  # the reference pass: adapters off
+        return base.weight, base.bias
+    active = [a for a in module.active_adapters if a in module.lora_A]
+    if any(module.use_dora.get(a, False) or getattr(module, "lora_bias", {}).get(a, False) for a in active):
+        return None
+    weight = base.weight  # [out, in]
+    for adapter in active:
+        weight = weight + module.get_delta_weight(adapter).to(weight.dtype)  # [out, in]
+    return weight, base.bias
+
+
 def _affine(module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weight [out, in], bias [out] or None) of a projection that maps x to x W^T + b, whatever wraps it."""
     if isinstance(module, torch.nn.Linear) and type(module) is torch.nn.Linear:
         return module.weight, module.bias  # a plain layer: no copy
+    # A LoRA layer folds as W + scale·B@A (out·r·in multiply-adds); probing it with an identity
+    # matrix, the generic way below, costs in·in·out, about a long prefill's worth per rollout.
+    lora = _lora_affine(module)
+    if lora is not None:
+        return lora
     weight = next(p for p in module.parameters())
     fan_in = module.in_features if hasattr(module, "in_features") else module.base_layer.in_features
     probe = torch.eye(fan_in, device=weight.device, dtype=weight.dtype)  # [in, in]
