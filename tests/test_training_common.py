@@ -14,7 +14,7 @@ def test_online_and_offline_train_sections_share_the_training_keys():
     from tether.trainers.online import OnlineTrainConfig
 
     base = {f.name for f in dataclasses.fields(TrainingBase)}
-    assert len(base) == 14 and issubclass(TrainConfig, TrainingBase) and issubclass(OnlineTrainConfig, TrainingBase)
+    assert len(base) == 15 and issubclass(TrainConfig, TrainingBase) and issubclass(OnlineTrainConfig, TrainingBase)
     assert base < {f.name for f in dataclasses.fields(TrainConfig)} and base < {f.name for f in dataclasses.fields(OnlineTrainConfig)}
     assert "max_steps" in {f.name for f in dataclasses.fields(OnlineTrainConfig)} and "steps" not in {f.name for f in dataclasses.fields(OnlineTrainConfig)}
 
