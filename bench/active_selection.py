@@ -155,7 +155,7 @@ def main() -> None:
     gold = torch.tensor([[vader_gold(c) for c in r["completions"]] for r in rows])  # [P, K]
     train_ids, test_ids = list(range(n_eval, len(rows))), list(range(n_eval))
     print(f"pool: {len(pairs_of(train_ids, gold, 0.1))} pairs from {len(train_ids)} prompts; test: {len(pairs_of(test_ids, gold, 0.1))} pairs from {len(test_ids)} prompts")
-    counts = list(range(args.start, args.budget + 1, args.step))
+    counts = list(range(args.start, args.budget + args.step, args.step))  # the loop labels past the budget's last step once
     print("labels      " + " ".join(f"{n:>6d}" for n in counts))
     for strategy in ("random", "disagreement", "even"):
         curves = torch.tensor([run(features, gold, train_ids, test_ids, args, strategy, seed) for seed in range(args.seeds)])  # [S, C]

@@ -283,9 +283,9 @@ def estimates(cfg: PipelineConfig) -> dict[str, float]:
     """Rough seconds per stage on the default model and 2 CPU threads (the display corrects them).
 
     Unit costs measured on a quiet run of the bundled experiment (README): 0.007 s per sampled
-    token at 64 replies a batch; 0.8 s per reward-model pair on the whole backbone, scaled by the
-    share of layers kept (rm.layers); about 9 s per DPO step of 8 pairs; 1.5 s per evaluation reply
-    (policy and reference sampled, both scored, KL measured)."""
+    token at 64 replies a batch; about 0.13 s per reward-model pair with 6 of 30 layers (a fixed
+    0.03 s plus 0.5 s scaled by the share of layers kept, rm.layers); about 9 s per DPO step of 8
+    pairs; 0.35 s per evaluation reply (the starting policy's replies are drawn once)."""
     train_prompts = max(1, _prompt_count(cfg) - cfg.data.eval_prompts)
     share = cfg.rm.layers / 30 if cfg.rm.layers else 1.0  # the default model has 30 decoder layers
     online = lambda m: 20.0 + min(m.steps * 25.0, (m.max_minutes or 1e9) * 60)
@@ -293,11 +293,11 @@ def estimates(cfg: PipelineConfig) -> dict[str, float]:
         "prompts": 1.0,
         "sample": LOAD_S + train_prompts * cfg.sample.k * cfg.sample.max_new_tokens * 0.007,
         "label": 3.0,
-        "rm": LOAD_S + cfg.rm.steps * cfg.rm.batch_size * (0.05 + 0.75 * share),
+        "rm": LOAD_S + cfg.rm.steps * cfg.rm.batch_size * (0.03 + 0.5 * share),
         "ppo": online(cfg.ppo),
         "grpo": online(cfg.grpo),
         "dpo": LOAD_S + min(cfg.dpo.steps * 9.0, (cfg.dpo.max_minutes or 1e9) * 60),
-        "eval": 2 * LOAD_S + cfg.data.eval_prompts * cfg.eval.samples_per_prompt * 1.5,
+        "eval": 2 * LOAD_S + cfg.data.eval_prompts * cfg.eval.samples_per_prompt * 0.35,
     }
 
 
