@@ -29,8 +29,8 @@ from tether.pipeline.stages import Stage, StageContext
 
 # Seconds per unit measured on the default model with 2 CPU threads (see the README), for the
 # time-left estimate before any stage has run; the display corrects them by measured times.
-LOAD_S = 15.0
-_REFERENCE_SAMPLES: dict = {}  # eval_stage's memo of the starting policy's samples (one entry)  # loading the default model (conversion on first use comes on top, about a minute)
+LOAD_S = 15.0  # loading the default model (conversion on first use comes on top, about a minute)
+_REFERENCE_SAMPLES: dict = {}  # eval_stage's memo of the starting policy's samples (one entry)
 
 
 def _jsonl(path: Path, rows) -> None:
