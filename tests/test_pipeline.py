@@ -71,7 +71,7 @@ def test_the_tiny_pipeline_runs_every_stage_and_fills_every_report_section(tiny_
     assert all(0 <= w["ci"][0] <= w["win_rate"] <= w["ci"][1] <= 1 for w in data["winrates"])
     assert [p["method"] for p in data["frontier"]] == ["starting policy", "ppo", "grpo", "dpo"] and data["frontier"][0]["kl"] == 0.0
     assert set(data["overoptimisation"]) == {"ppo", "grpo"}  # the runs trained on the learned reward model
-    assert len(data["overoptimisation"]["ppo"]["kl"]) == 3
+    assert len(data["overoptimisation"]["ppo"]["kl"]) == 3 and data["overoptimisation"]["ppo"]["step"] == [1, 2, 3]
     assert 0 <= data["reward_model"]["accuracy"] <= 1 and data["reward_model"]["bins"]
     assert len(data["samples"]) == 3 and set(data["samples"][0]["after"]) == {"ppo", "grpo", "dpo"}
     # the held-out prompts never reached sampling: the evaluation's prompts are not among the candidates'

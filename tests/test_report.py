@@ -20,8 +20,8 @@ def _data():
         "winrates": [{"method": "grpo", "judge": "vader", "win_rate": 0.71, "ci": [0.62, 0.8], "lc_win_rate": 0.66, "lc_ci": [0.55, 0.77], "n": 32}],
         "reward_model": {"accuracy": 0.64, "ece": 0.07, "length_baseline": 0.48, "n": 320,
                          "bins": [{"confidence": 0.55, "accuracy": 0.56, "count": 120}, {"confidence": 0.75, "accuracy": 0.7, "count": 40}]},
-        "overoptimisation": {"ppo": {"kl": kls, "proxy": [0.1 * k for k in kls], "gold": [0.2 * k - 0.05 * k * k for k in kls],
-                                     "warnings": [{"kl": 4.0, "kind": "proxy_gold_divergence", "message": "proxy rising while gold falls"}]}},
+        "overoptimisation": {"ppo": {"step": list(range(1, len(kls) + 1)), "kl": kls, "proxy": [0.1 * k for k in kls], "gold": [0.2 * k - 0.05 * k * k for k in kls],
+                                     "warnings": [{"kl": 4.0, "step": 5, "kind": "proxy_gold_divergence", "message": "proxy rising while gold falls"}]}},
         "samples": [{"prompt": "Review <b>Up</b>", "before": "It was fine.", "after": {"grpo": "<script>alert(1)</script> wonderful!"}}],
         "stages": [{"stage": "sample", "seconds": 91.2, "reused": False}, {"stage": "rm", "seconds": 120.0, "reused": True}],
     }
@@ -29,7 +29,7 @@ def _data():
 
 def test_report_has_every_section_and_escapes_text():
     page = render_report(_data())
-    assert page.count("<svg") == 2 + 1 + 1 + 1  # two curve panels, frontier, reliability, over-optimisation
+    assert page.count("<svg") == 2 + 1 + 1 + 2  # two curve panels, frontier, reliability, over-optimisation against KL and step
     for anchor in ("winrates", "frontier", "overoptimisation", "curves", "reward-model", "samples", "stages"):
         assert f'id="{anchor}"' in page
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -58,7 +58,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
         requests = []
         page.on("request", lambda r: requests.append(r.url))
         page.goto(path.as_uri())
-        assert page.locator("svg").count() == 5
+        assert page.locator("svg").count() == 6
         assert page.locator("#winrates + table tr").count() == 2
         # the escaped script stayed text: no alert dialog, the cell shows the markup literally
         assert "<script>alert(1)</script>" in page.locator("tr.sample").inner_text()

@@ -10,9 +10,10 @@ optional, and what ``data`` holds for them:
 * ``winrates``: ``[{"method", "judge", "win_rate", "ci": [lo, hi], "lc_win_rate"?, "lc_ci"?, "n"}]``.
 * ``reward_model``: ``{"accuracy", "ece", "length_baseline"?, "bins": [{"confidence", "accuracy",
   "count"}]}`` — a reliability diagram.
-* ``overoptimisation``: ``{method: {"kl": [...], "proxy": [...], "gold": [...],
-  "warnings": [{"kl", "kind", "message"}]}}`` — proxy and gold reward against KL (Gao, Schulman and
-  Hilton 2022), the reward-hacking monitor's warnings marked where they fired.
+* ``overoptimisation``: ``{method: {"step": [...], "kl": [...], "proxy": [...], "gold": [...],
+  "warnings": [{"step", "kl", "kind", "message"}]}}`` — proxy and gold reward against KL (Gao,
+  Schulman and Hilton 2022) and against the step ("step" optional), the reward-hacking monitor's
+  warnings marked where they fired.
 * ``samples``: ``[{"prompt", "before", "after": {method: text}}]`` — responses side by side.
 * ``stages``: ``[{"stage", "seconds", "reused"}]`` — wall time per pipeline stage.
 
@@ -151,23 +152,33 @@ def _reward_model_section(rm: dict) -> str:
     return f'<h2 id="reward-model">Reward model</h2><p>{facts}</p><div class="plot">{_svg(fig)}</div>'
 
 
+def _proxy_and_gold(x: Sequence[float], d: dict, xlabel: str, title: str, marks: Sequence[tuple[float, str]]) -> str:
+    """One panel: the proxy (left axis) and gold reward (right axis) against x, the monitors' warnings as vertical lines."""
+    fig, ax = _figure(4.8, 3.3)
+    ax.plot(x, d["proxy"], marker=".", markersize=3, label="proxy (reward model)", color="#0969da")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("proxy reward", color="#0969da")
+    gold_ax = ax.twinx()
+    gold_ax.plot(x, d["gold"], marker=".", markersize=3, label="gold", color="#cf222e")
+    gold_ax.set_ylabel("gold reward", color="#cf222e")
+    for at, kind in marks:
+        ax.axvline(at, color="#9a6700", linestyle=":", linewidth=1.2)
+        ax.annotate(kind, (at, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=7, va="top", ha="right", color="#9a6700")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return f'<div class="plot">{_svg(fig)}</div>'
+
+
 def _overoptimisation_section(per_method: dict) -> str:
     plots, notes = [], []
     for method, d in per_method.items():
-        fig, ax = _figure()
-        ax.plot(d["kl"], d["proxy"], marker=".", label="proxy (reward model)", color="#0969da")
-        ax.set_xlabel("KL(policy ‖ reference)")
-        ax.set_ylabel("proxy reward", color="#0969da")
-        gold_ax = ax.twinx()
-        gold_ax.plot(d["kl"], d["gold"], marker=".", label="gold", color="#cf222e")
-        gold_ax.set_ylabel("gold reward", color="#cf222e")
-        for w in d.get("warnings", []):
-            ax.axvline(w["kl"], color="#9a6700", linestyle=":", linewidth=1.2)
-            ax.annotate(w["kind"], (w["kl"], 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=7, va="top", ha="right", color="#9a6700")
-            notes.append(f"<li class=warn>{_esc(method)}: {_esc(w['kind'])} at KL {_fmt(w['kl'])}: {_esc(w.get('message', ''))}</li>")
-        ax.set_title(f"{method}: proxy and gold reward")
-        ax.grid(alpha=0.3)
-        plots.append(f'<div class="plot">{_svg(fig)}</div>')
+        warnings = d.get("warnings", [])
+        plots.append(_proxy_and_gold(d["kl"], d, "KL(policy ‖ reference)", f"{method}: proxy and gold reward against KL", [(w["kl"], w["kind"]) for w in warnings]))
+        # KL need not grow monotonically (a policy collapsed onto one repeated token can sit closer to
+        # the reference than it did on the way there), so the same curves against the step as well.
+        if d.get("step"):
+            plots.append(_proxy_and_gold(d["step"], d, "training step", f"{method}: against the training step", [(w["step"], w["kind"]) for w in warnings if "step" in w]))
+        notes.extend(f"<li class=warn>{_esc(method)}: {_esc(w['kind'])} at KL {_fmt(w['kl'])}: {_esc(w.get('message', ''))}</li>" for w in warnings)
     warnings = f"<ul>{''.join(notes)}</ul>" if notes else "<p class=note>No reward-hacking monitor fired.</p>"
     return '<h2 id="overoptimisation">Reward over-optimisation</h2><div class="plots">' + "".join(plots) + "</div>" + warnings
 

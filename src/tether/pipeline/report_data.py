@@ -6,9 +6,9 @@
   starting policy at KL 0;
 * win-rates: the gold judge's plain and length-controlled win-rates with their bootstrap intervals;
 * reward model: accuracy and the reliability diagram on the held-out gold pairs;
-* over-optimisation: per online run, proxy and gold reward against KL over the training steps
-  (running means of ``eval.smooth`` steps), the monitors' warnings (``summary.json``) at the KL of
-  the step where they fired;
+* over-optimisation: per online run, proxy and gold reward against KL and against the training
+  step (running means of ``eval.smooth`` steps), the monitors' warnings (``summary.json``) at the
+  step where they fired and its KL;
 * samples: the starting policy's and every run's reply to the first held-out prompts;
 * stages: the wall time of each stage.
 """
@@ -71,8 +71,8 @@ def _overoptimisation(rows: list[dict], summary: dict, window: int) -> dict | No
     warnings = []
     for w in summary.get("monitor_warnings") or []:
         step = min(at_step, key=lambda s: abs(s - w.get("step", 0)))
-        warnings.append({"kl": at_step[step], "kind": w.get("name", "?"), "message": f"step {w.get('step')}: {w.get('message', '')}"})
-    return {"kl": kl, "proxy": running_mean([r["reward/mean"] for r in steps], window), "gold": running_mean([r["gold/mean"] for r in steps], window), "warnings": warnings}
+        warnings.append({"kl": at_step[step], "step": w.get("step", step), "kind": w.get("name", "?"), "message": f"step {w.get('step')}: {w.get('message', '')}"})
+    return {"step": [r["step"] for r in steps], "kl": kl, "proxy": running_mean([r["reward/mean"] for r in steps], window), "gold": running_mean([r["gold/mean"] for r in steps], window), "warnings": warnings}
 
 
 def report_data(cfg: PipelineConfig, results: dict[str, StageResult], runs: list[tuple[str, str, float]], extra_stages: list[dict] | None = None) -> dict:
