@@ -144,6 +144,25 @@ def test_time_left_scales_the_remaining_estimates_by_measured_over_estimated():
     assert quick.left(1) == pytest.approx(100.0 * 60.0 / 61.0)
 
 
+def test_time_budgets_are_not_scaled_by_the_measured_speed():
+    """Estimates 10, 100 and 30 s, of which 90 s of the second are a trainer's time budget. Stage 0
+    took 80 s against 10: factor 2, so 2 * (100 - 90) + 90 + 2 * 30 = 170 s are left, not 260. The
+    budgeted stage then took 95 s: its 5 s beyond the budget count against its 10 s estimated,
+    factor (80 + 5 + 60) / (10 + 10 + 60) = 1.8125."""
+    display = StageDisplay([10.0, 100.0, 30.0], stream=io.StringIO(), budgets=[0.0, 90.0, 0.0])
+    display("finish", {"stage": "a", "position": 0, "total": 3, "seconds": 80.0})
+    assert display.left(1) == pytest.approx(170.0)
+    display("finish", {"stage": "b", "position": 1, "total": 3, "seconds": 95.0})
+    assert display.factor() == pytest.approx(1.8125) and display.left(2) == pytest.approx(1.8125 * 30.0)
+
+
+def test_a_method_whose_steps_outlast_its_budget_has_the_budget_fixed():
+    from tether.pipeline.experiment import budgets
+
+    cfg = load_pipeline_config(None, ["ppo.steps=30", "ppo.max_minutes=3", "dpo.steps=4", "dpo.max_minutes=3", "grpo.max_minutes=null"])
+    assert budgets(cfg) == {"ppo": 180.0, "grpo": 0.0, "dpo": 0.0}  # 30 x 25 s > 180 s; 4 x 9 s < 180 s; no budget
+
+
 def test_running_mean_averages_the_last_window_values():
     """window 2 over [1, 3, 5, 7]: [1, (1+3)/2, (3+5)/2, (5+7)/2] = [1, 2, 4, 6]."""
     assert running_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]

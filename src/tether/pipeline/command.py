@@ -27,11 +27,14 @@ def _clock(seconds: float) -> str:
 
 class StageDisplay:
     """Which stage runs, its position, and the time left overall: the remaining stages' estimates
-    scaled by how long the stages run so far took against their own estimates. Rich on a
-    terminal (the trainers draw their own progress bars under it), plain lines otherwise."""
+    scaled by how long the stages run so far took against their own estimates. The part of an
+    estimate that a time budget fixes (a trainer's max_minutes) is not scaled: a faster machine
+    does more steps in it, not fewer seconds. Rich on a terminal (the trainers draw their own
+    progress bars under it), plain lines otherwise."""
 
-    def __init__(self, estimates: list[float], stream=None):
+    def __init__(self, estimates: list[float], stream=None, budgets: list[float] | None = None):
         self.estimates = estimates
+        self.budgets = budgets or [0.0] * len(estimates)  # seconds of each estimate fixed by a time budget
         self.stream = stream or sys.stderr
         self.measured = 0.0
         self.expected = 0.0
@@ -44,11 +47,16 @@ class StageDisplay:
     PRIOR_S = 60.0  # seconds of "the estimates were right" mixed in, so a 0.1 s stage against 1 s estimated does not cut the rest tenfold
 
     def factor(self) -> float:
-        """(measured + prior) / (estimated + prior) over the stages run so far, kept within [0.2, 5]."""
+        """(measured + prior) / (estimated + prior) over the stages run so far, their budgets left
+        out of both, kept within [0.2, 5]."""
         return min(5.0, max(0.2, (self.measured + self.PRIOR_S) / (self.expected + self.PRIOR_S)))
 
+    def estimate(self, position: int) -> float:
+        budget = self.budgets[position]
+        return self.factor() * (self.estimates[position] - budget) + budget
+
     def left(self, position: int) -> float:
-        return self.factor() * sum(self.estimates[position:])
+        return sum(self.estimate(p) for p in range(position, len(self.estimates)))
 
     def _line(self, text: str, style: str = "") -> None:
         if self.console is not None:
@@ -61,10 +69,11 @@ class StageDisplay:
         if kind == "skip":
             self._line(f"{where}: finished in an earlier run, reused")
         elif kind == "start":
-            self._line(f"{where}: running (estimate {_clock(self.factor() * self.estimates[info['position']])}; about {_clock(self.left(info['position']))} left overall)", "bold")
+            self._line(f"{where}: running (estimate {_clock(self.estimate(info['position']))}; about {_clock(self.left(info['position']))} left overall)", "bold")
         elif kind == "finish":
-            self.measured += info["seconds"]
-            self.expected += self.estimates[info["position"]]
+            budget = self.budgets[info["position"]]
+            self.measured += max(0.0, info["seconds"] - budget)
+            self.expected += self.estimates[info["position"]] - budget
             self._line(f"{where}: done in {_clock(info['seconds'])}; about {_clock(self.left(info['position'] + 1))} left overall", "green")
         elif kind == "report":
             self._line(f"    {info['stage']}: {info['line']}")
@@ -90,7 +99,7 @@ def run_pipeline(cfg, on_event=None) -> dict:
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
-    display = on_event or StageDisplay([s.estimate_s for s in stages])
+    display = on_event or StageDisplay([s.estimate_s for s in stages], budgets=[s.budget_s for s in stages])
     started = time.time()
     results = run_stages(stages, out, on_event=display)
     report_started = time.time()

@@ -30,6 +30,7 @@ from tether.pipeline.stages import Stage, StageContext
 # Seconds per unit measured on the default model with 2 CPU threads (see the README), for the
 # time-left estimate before any stage has run; the display corrects them by measured times.
 LOAD_S = 15.0  # loading the default model (conversion on first use comes on top, about a minute)
+STEP_S = {"ppo": 25.0, "grpo": 25.0, "dpo": 9.0}  # rough seconds per training step on the default model, 2 threads
 _REFERENCE_SAMPLES: dict = {}  # eval_stage's memo of the starting policy's samples (one entry)
 
 
@@ -279,6 +280,21 @@ def _prompt_count(cfg: PipelineConfig) -> int:
         return 240
 
 
+def _budget_s(m) -> float:
+    """A method's training-loop time budget in seconds (0: none)."""
+    return (m.max_minutes or 0.0) * 60
+
+
+def budgets(cfg: PipelineConfig) -> dict[str, float]:
+    """The seconds of each method's estimate that its time budget fixes: all of the budget when the
+    steps would outlast it (the run will stop on time, however fast the machine), else none."""
+    out = {}
+    for method, step_s in STEP_S.items():
+        m = getattr(cfg, method)
+        out[method] = _budget_s(m) if _budget_s(m) and m.steps * step_s >= _budget_s(m) else 0.0
+    return out
+
+
 def estimates(cfg: PipelineConfig) -> dict[str, float]:
     """Rough seconds per stage on the default model and 2 CPU threads (the display corrects them).
 
@@ -288,15 +304,15 @@ def estimates(cfg: PipelineConfig) -> dict[str, float]:
     pairs; 0.35 s per evaluation reply (the starting policy's replies are drawn once)."""
     train_prompts = max(1, _prompt_count(cfg) - cfg.data.eval_prompts)
     share = cfg.rm.layers / 30 if cfg.rm.layers else 1.0  # the default model has 30 decoder layers
-    online = lambda m: 20.0 + min(m.steps * 25.0, (m.max_minutes or 1e9) * 60)
+    online = lambda method: 20.0 + min(getattr(cfg, method).steps * STEP_S[method], _budget_s(getattr(cfg, method)) or 1e9)
     return {
         "prompts": 1.0,
         "sample": LOAD_S + train_prompts * cfg.sample.k * cfg.sample.max_new_tokens * 0.007,
         "label": 3.0,
         "rm": LOAD_S + cfg.rm.steps * cfg.rm.batch_size * (0.03 + 0.5 * share),
-        "ppo": online(cfg.ppo),
-        "grpo": online(cfg.grpo),
-        "dpo": LOAD_S + min(cfg.dpo.steps * 9.0, (cfg.dpo.max_minutes or 1e9) * 60),
+        "ppo": online("ppo"),
+        "grpo": online("grpo"),
+        "dpo": LOAD_S + min(cfg.dpo.steps * STEP_S["dpo"], _budget_s(cfg.dpo) or 1e9),
         "eval": 2 * LOAD_S + cfg.data.eval_prompts * cfg.eval.samples_per_prompt * 0.35,
     }
 
@@ -306,6 +322,7 @@ def build_stages(cfg: PipelineConfig) -> tuple[list[Stage], list[tuple[str, str,
     from functools import partial
 
     est = estimates(cfg)
+    budget = budgets(cfg)
     model = asdict(cfg.model)
     data, sample, feedback = asdict(cfg.data), asdict(cfg.sample), asdict(cfg.feedback)
     stages = [
@@ -323,10 +340,10 @@ def build_stages(cfg: PipelineConfig) -> tuple[list[Stage], list[tuple[str, str,
         for kl in kl_strengths(cfg, method):
             name = run_name(cfg, method, kl)
             if method == "dpo":
-                stages.append(Stage(name, partial(dpo_stage, cfg, kl), settings | {"kl": kl}, reads=("label",), estimate_s=est["dpo"]))
+                stages.append(Stage(name, partial(dpo_stage, cfg, kl), settings | {"kl": kl}, reads=("label",), estimate_s=est["dpo"], budget_s=budget["dpo"]))
             else:
                 online = settings | {"kl": kl, "max_new_tokens": cfg.sample.max_new_tokens}
-                stages.append(Stage(name, partial(online_stage, cfg, method, kl), online, reads=("prompts", "rm"), estimate_s=est[method]))
+                stages.append(Stage(name, partial(online_stage, cfg, method, kl), online, reads=("prompts", "rm"), estimate_s=est[method], budget_s=budget[method]))
             runs.append((name, method, kl))
     if not runs:
         raise ValueError("every method is disabled (ppo.enabled, grpo.enabled, dpo.enabled): nothing to train")
@@ -336,4 +353,4 @@ def build_stages(cfg: PipelineConfig) -> tuple[list[Stage], list[tuple[str, str,
     return stages, runs
 
 
-__all__ = ["build_stages", "estimates", "kl_strengths", "run_name"]
+__all__ = ["budgets", "build_stages", "estimates", "kl_strengths", "run_name"]

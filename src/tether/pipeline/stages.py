@@ -33,6 +33,7 @@ class Stage:
     settings: dict[str, Any] = field(default_factory=dict)  # everything the stage's output depends on
     reads: tuple[str, ...] = ()  # names of earlier stages whose outputs it uses
     estimate_s: float = 60.0  # a rough duration, for the overall time-left estimate
+    budget_s: float = 0.0  # the part of estimate_s a time budget fixes (train.max_minutes): it does not scale with machine speed
     version: str = "1"  # bump when the stage's code changes what it writes
 
 
