@@ -92,9 +92,10 @@ def test_the_tiny_report_renders_in_headless_chromium(tiny_run):
         requests = []
         page.on("request", lambda r: requests.append(r.url))
         page.goto(outcome["report"].as_uri())
-        # frontier, reliability, two over-optimisation panels, one curve panel per logged metric
+        # frontier, reliability, two over-optimisation runs (PPO, GRPO) x two panels (against KL and
+        # against the step), one curve panel per logged metric
         metrics = {m for per_run in outcome["data"]["curves"].values() for m in per_run}
-        assert page.locator("svg").count() == 4 + len(metrics)
+        assert page.locator("svg").count() == 2 + 2 * 2 + len(metrics)
         assert page.locator("#winrates + table tr").count() == 4
         shot = page.screenshot(full_page=True)
         browser.close()
