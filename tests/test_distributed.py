@@ -46,13 +46,17 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def assert_same_run(one: Path, two: Path, model_file: str, keys=("loss", "grad_norm"), mode: str = "ddp") -> None:
+def assert_same_run(one: Path, two: Path, model_file: str, keys=("loss", "grad_norm"), mode: str = "ddp", not_at_first_step=()) -> None:
+    """``not_at_first_step``: keys that count signs of numbers which are rounding noise before the
+    first update (DPO's accuracy, when the policy still equals its reference)."""
     last = sorted((two / "checkpoints").glob("step-*"))[-1]
     assert (last / "sharded").is_dir() == (mode == "fsdp")  # FSDP: each process wrote its shard (DCP)
     a, b = records(one, "train"), records(two, "train")
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b):
         for k in keys:
+            if ra is a[0] and k in not_at_first_step:
+                continue
             assert rb[k] == pytest.approx(ra[k], rel=2e-5, abs=1e-7), (ra["step"], k, ra[k], rb[k])
     ea, eb = records(one, "eval"), records(two, "eval")
     assert len(ea) == len(eb)
@@ -120,7 +124,12 @@ def test_dpo_two_processes_equal_one(tmp_path, monkeypatch, mode):
     extra = {"data.path": str(data), "train.sample_prompts": "[]", "dpo.beta": "0.5"}
     run_dpo(load_config(DPOConfig, None, base_overrides(tmp_path / "one", 2, **extra)))
     torchrun(["dpo"], base_overrides(tmp_path / "two", 1, **extra, **{"train.distributed": mode}), tmp_path / "cache")
-    assert_same_run(tmp_path / "one", tmp_path / "two", "model.safetensors", keys=("loss", "grad_norm", "rewards/accuracy", "rewards/margin", "kl"), mode=mode)
+    keys = ("loss", "grad_norm", "rewards/accuracy", "rewards/margin", "kl")
+    # At step 1 the policy is its reference: every margin is rounding noise (the two runs pad the
+    # pairs differently), so the share of positive margins is a coin toss; the margin itself still
+    # has to agree (to within that noise), and the accuracy from step 2 on.
+    assert abs(records(tmp_path / "one", "train")[0]["rewards/margin"]) < 1e-4
+    assert_same_run(tmp_path / "one", tmp_path / "two", "model.safetensors", keys=keys, mode=mode, not_at_first_step=("rewards/accuracy",))
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
