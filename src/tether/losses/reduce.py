@@ -72,17 +72,20 @@ def token_mean_global(values: torch.Tensor, mask: torch.Tensor, normaliser: floa
     return masked_sum(values, mask) / normaliser
 
 
-def example_mean(values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def example_mean(values: torch.Tensor, weights: torch.Tensor | None = None, normaliser: float | torch.Tensor | None = None) -> torch.Tensor:
     """Mean over examples, optionally weighted: Σ_i w_i·values_i / N (plain mean when ``weights`` is None).
 
     ``values`` [N] per-example losses, ``weights`` [N] ≥ 0 (detached: they are data, not
     parameters). The normaliser is N, not Σ w: a batch of low-weight examples moves the
-    parameters less, which is what down-weighting uncertain labels is for.
+    parameters less, which is what down-weighting uncertain labels is for. ``normaliser``
+    replaces N when the examples are one process's share of a batch (pass the batch's total
+    count, so that the shares' losses add up to the whole batch's mean, as ``token_mean_global``).
     """
-    if weights is None:
-        return values.mean()
-    if weights.shape != values.shape:
-        raise ValueError(f"weights {tuple(weights.shape)} must match the per-example values {tuple(values.shape)}")
-    if bool((weights < 0).any()):
-        raise ValueError("example weights must be >= 0")
-    return (values * weights.detach().to(values.dtype)).sum() / max(values.numel(), 1)
+    if weights is not None:
+        if weights.shape != values.shape:
+            raise ValueError(f"weights {tuple(weights.shape)} must match the per-example values {tuple(values.shape)}")
+        if bool((weights < 0).any()):
+            raise ValueError("example weights must be >= 0")
+        values = values * weights.detach().to(values.dtype)
+    count = max(values.numel(), 1) if normaliser is None else normaliser
+    return values.sum() / count

@@ -70,9 +70,10 @@ def mixture_decoder(policy, mixture_coef: float, frozen=None, path="auto"):
 
 
 @torch.no_grad()
-def sample_mixture(policy, tokenizer, prompts, group_size: int, params, generator, mixture_coef: float, frozen=None, path="auto"):
+def sample_mixture(policy, tokenizer, prompts, group_size: int, params, generator, mixture_coef: float, frozen=None, path="auto", positions=None, total_prompts: int = 0):
     """``group_size`` replies per prompt from the geometric mixture, laid out like
-    ``tether.trainers.online.sample_responses`` (group-major); log-probs are π_mix's."""
+    ``tether.trainers.online.sample_responses`` (group-major, and with its ``positions`` /
+    ``total_prompts`` for a step split across processes); log-probs are π_mix's."""
     from tether.rollout.engine import encode_prompts, generate
 
     models = [policy] + ([frozen] if frozen is not None else [])
@@ -80,20 +81,24 @@ def sample_mixture(policy, tokenizer, prompts, group_size: int, params, generato
     for m in models:
         m.eval()
     ids = encode_prompts(tokenizer, prompts)
-    rollout = generate(policy, tokenizer, [p for p in ids for _ in range(group_size)], params, generator, decoder=mixture_decoder(policy, mixture_coef, frozen, path))
+    rows = None if positions is None else [p * group_size + j for p in positions for j in range(group_size)]
+    rollout = generate(
+        policy, tokenizer, [p for p in ids for _ in range(group_size)], params, generator, decoder=mixture_decoder(policy, mixture_coef, frozen, path), rows=rows, total_rows=total_prompts * group_size
+    )
     for m, mode in zip(models, modes):
         m.train(mode)
     return rollout
 
 
 @torch.no_grad()
-def sample_reference(policy, tokenizer, prompts, group_size: int, params, generator, frozen=None):
-    """Replies from the reference alone (a frozen copy, or the policy with adapters off)."""
+def sample_reference(policy, tokenizer, prompts, group_size: int, params, generator, frozen=None, positions=None, total_prompts: int = 0):
+    """Replies from the reference alone (a frozen copy, or the policy with adapters off);
+    ``positions`` / ``total_prompts`` as in ``sample_responses``."""
     from tether.trainers.online.rollout import sample_responses
 
     ref_model, ref_context = reference_model_and_context(policy, frozen)
     with ref_context():
-        return sample_responses(ref_model, tokenizer, prompts, group_size, params, generator)
+        return sample_responses(ref_model, tokenizer, prompts, group_size, params, generator, positions, total_prompts)
 
 
 __all__ = ["MixtureDecoder", "mixture_decoder", "reference_model_and_context", "sample_mixture", "sample_reference"]

@@ -50,8 +50,7 @@ def start_judged_run(cfg, reward_source, gold_source, judge, spec: str, temperat
     from tether.trainers.online.reference import Reference
     from tether.trainers.online.run import StepState, make_kl_controller, start_run
 
-    # FSDP is refused: the judged comparisons and the mixture sampler read run.policy whole.
-    run = start_run(cfg, reward_source, gold_source, no_fsdp=f"{title} (the judged comparisons and its sampling read the policy whole)")
+    run = start_run(cfg, reward_source, gold_source)
     if run.reference is None:
         run.reference = Reference(cfg.kl.reference, run.policy, cfg.lora.enabled)
     judge = judge if judge is not None else build_judge(spec, temperature, run.source, key)
@@ -76,12 +75,13 @@ def held_out_win_rate(run, cfg, judge, rounds: int = 1000) -> dict[str, float]:
     settings = EvalSettings(
         sampling=run.params, samples_per_prompt=n, seed=cfg.data.split_seed * 7 + 1, bootstrap_rounds=rounds, bootstrap_seed=cfg.train.seed, chunk_size=cfg.model.chunk_size
     )
-    was_training = run.policy.training
-    run.policy.eval()
+    model = run.sampler  # the whole policy (under FSDP refreshed from the shards by ``finish``)
+    was_training = model.training
+    model.eval()
     try:
-        result = evaluate_policy(run.policy, run.tokenizer, prompts, reference=reference, judges={"judge": judge}, settings=settings)
+        result = evaluate_policy(model, run.tokenizer, prompts, reference=reference, judges={"judge": judge}, settings=settings)
     finally:
-        run.policy.train(was_training)
+        model.train(was_training)
     report = result["win_rates"]["judge"]
     out = {"held_out/win_rate_vs_reference": report["win_rate"], "held_out/win_rate_n": float(report["n"])}
     if "win_rate_ci" in report:
@@ -93,8 +93,12 @@ def finish_with_win_rate(state, run, cfg, judge, rounds: int = 1000) -> dict:
     """``StepState.finish()`` plus the held-out win-rate, printed and added to ``summary.json``."""
     import json
 
-    rows = state.finish()
-    extra = held_out_win_rate(run, cfg, judge, rounds)
+    from tether import parallel
+
+    rows = state.finish()  # under FSDP this refreshed the sampler from the shards
+    # The main process alone judges (it alone writes the summary); the others wait for it.
+    extra = held_out_win_rate(run, cfg, judge, rounds) if parallel.is_main() else {}
+    parallel.barrier()
     if extra:
         interval = (
             f" (95% paired bootstrap over prompts {extra['held_out/win_rate_vs_reference_low']:.3f}-{extra['held_out/win_rate_vs_reference_high']:.3f})"

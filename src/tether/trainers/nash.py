@@ -63,10 +63,12 @@ def run_nash(cfg: NashConfig, reward_source=None, gold_source=None, judge=None) 
     from tether.rollout.mixture import sample_mixture, sample_reference
     from tether.trainers.common import ensure_finite
     from tether.trainers.judging import finish_with_win_rate, start_judged_run
-    from tether.trainers.online.batch import response_hidden, response_logprobs
+    from tether.losses.reduce import example_mean
+    from tether.parallel import device, gather_rows, sum_metrics, world
+    from tether.trainers.online.batch import policy_logprobs
     from tether.trainers.online.rollout import collect, prompt_text, step_generator
     from tether.trainers.online.run import Timer, rollout_metrics
-    from tether.trainers.online.update import optimizer_step
+    from tether.trainers.online.update import global_tokens, optimizer_step
 
     started = time.time()
     t = cfg.train
@@ -88,37 +90,41 @@ def run_nash(cfg: NashConfig, reward_source=None, gold_source=None, judge=None) 
         got = collect(run, cfg, step, timer)  # y ~ π, scored by reward.source (logged as reward/*)
         texts = [prompt_text(p) for p in got.prompts for _ in range(group)]
         with timer("generate_mixture"):
-            mix = sample_mixture(run.policy, run.tokenizer, got.prompts, group, run.params, step_generator(t.seed + 7919, step), cfg.nash.mixture_coef, frozen)
+            # The sampler: the whole policy (under FSDP refreshed from the shards by collect).
+            mix = sample_mixture(run.sampler, run.tokenizer, got.prompts, group, run.params, step_generator(t.seed + 7919, step), cfg.nash.mixture_coef, frozen, positions=got.positions, total_prompts=got.total_prompts)
         with timer("judge"):
-            win = judge(texts, got.rollout.texts, mix.texts).float()  # [B] P(y ≻ y′)
+            win = judge(texts, got.rollout.texts, mix.texts).float().to(device())  # [B] P(y ≻ y′), beside the log-probs (and gathered from there)
         metrics: dict[str, float] = {}
         if cfg.nash.vs_reference and (step + 1) % cfg.nash.vs_reference_every == 0:
             with timer("generate_reference"):
-                ref_rollout = sample_reference(run.policy, run.tokenizer, got.prompts, group, run.params, step_generator(t.seed + 104729, step), frozen)
+                ref_rollout = sample_reference(run.sampler, run.tokenizer, got.prompts, group, run.params, step_generator(t.seed + 104729, step), frozen, got.positions, got.total_prompts)
             with timer("judge"):
-                metrics["win/reference"] = float(judge(texts, got.rollout.texts, ref_rollout.texts).float().mean())
+                metrics["win/reference"] = float(gather_rows(judge(texts, got.rollout.texts, ref_rollout.texts).float().to(device())).mean())
         mask = got.batch.mask  # [B, Tr]
         with timer("reference"):
-            ref_lp = run.reference.logprobs(run.policy, got.batch, temperature, chunk)  # [B, Tr]
+            ref_lp = run.reference.logprobs(run.sampler, got.batch, temperature, chunk)  # [B, Tr]
         kl = torch.where(mask, kl_estimate(cfg.kl.estimator, got.rollout.logprobs.float(), ref_lp), torch.zeros(()))  # [B, Tr]
         with timer("update"):
-            logprobs, entropy = response_logprobs(run.policy, response_hidden(run.policy, got.batch), got.batch, temperature, chunk, entropy=True)  # [B, Tr]
+            logprobs, entropy = run.shards.run(policy_logprobs, got.batch, temperature, chunk, True)  # [B, Tr]; through the FSDP root when sharded
             losses, lm = nash_md_loss(logprobs, ref_lp, win, mask, kl_coef=kl_ctl.value)  # [B]
-            loss = losses.mean()
+            # This process's share of the mean over the whole step's replies (every process's):
+            # summed over processes with the gradients, it is the one-process loss.
+            loss = example_mean(losses, normaliser=got.total_prompts * group)
             ensure_finite(loss.detach(), step + 1)
-            metrics["grad_norm"] = optimizer_step(loss, params, optimizer, t.max_grad_norm)
+            metrics["grad_norm"] = optimizer_step(loss, params, optimizer, t.max_grad_norm, run.shards)
             metrics["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
         metrics.update(rollout_metrics(got.rollout, got.scores, kl, got.gold))
         metrics.update(got.extras)
         metrics.update(timer.metrics())
+        # Each process's share of the step's means (over every process's replies, and tokens), summed.
+        # (The advantage is a mean over this process's replies; every process holds as many.)
+        shares = {"loss/total": loss.detach(), "nash/advantage": lm["advantage"] / world().size, "policy/entropy": (entropy * mask).sum() / global_tokens(mask)}
+        metrics.update(sum_metrics(shares))
         metrics.update({
-            "win/mixture": float(lm["win_rate"]),
-            "loss/total": float(loss.detach()),
-            "nash/advantage": float(lm["advantage"]),
-            "policy/entropy": float((entropy * mask).sum() / mask.sum().clamp(min=1)),
+            "win/mixture": float(gather_rows(win).mean()),
             "kl/coef": kl_ctl.value,
-            "mixture/length": float(mix.response_mask.sum(1).float().mean()),
+            "mixture/length": float(gather_rows(mix.response_mask.sum(1).float()).mean()),
         })
         if state.end_step(step, metrics, len(got.rollout.texts)):
             break

@@ -90,7 +90,8 @@ def run_online_dpo(cfg: OnlineDPOConfig, reward_source=None, gold_source=None, j
     from tether.trainers.common import ensure_finite
     from tether.trainers.dpo import loss_kwargs
     from tether.trainers.judging import finish_with_win_rate, start_judged_run
-    from tether.trainers.online.batch import response_hidden, response_logprobs
+    from tether.parallel import device, gather_rows, global_sum, sum_metrics
+    from tether.trainers.online.batch import policy_logprobs
     from tether.trainers.online.rollout import collect, prompt_text
     from tether.trainers.online.run import Timer, rollout_metrics
     from tether.trainers.online.update import optimizer_step
@@ -122,32 +123,45 @@ def run_online_dpo(cfg: OnlineDPOConfig, reward_source=None, gold_source=None, j
                 win = torch.where(weights > 0, win.float(), torch.full_like(win.float(), 0.5))  # a dropped pair is left out like a tie
             else:
                 win, weights = judge(pair_prompts, texts[0::2], texts[1::2]).float(), None  # [N] P(2i ≻ 2i+1)
+        win = win.to(device())  # beside the log-probs it indexes (and gathered from there)
+        weights = weights.to(device()) if weights is not None else None
         chosen, rejected, kept = label_pairs(win)
+        # The kept pairs of every process: the loss's normaliser, and whether anyone updates (a
+        # decision all processes must share: the update holds the gradients' collectives).
+        total_kept = int(global_sum(torch.tensor(kept.numel(), device=device())))
         mask = got.batch.mask  # [B, Tr]
         with timer("reference"):
-            ref_lp = run.reference.logprobs(run.policy, got.batch, 1.0, chunk)  # [B, Tr]
-        metrics: dict[str, float] = {"label/ties": 1.0 - kept.numel() / win.numel(), "label/confidence": float((win - 0.5).abs().mean() * 2)}
+            ref_lp = run.reference.logprobs(run.sampler, got.batch, 1.0, chunk)  # [B, Tr]
+        all_win = gather_rows(win)  # [N of every process]
+        metrics: dict[str, float] = {"label/ties": 1.0 - total_kept / all_win.numel(), "label/confidence": float((all_win - 0.5).abs().mean() * 2)}
         if weights is not None:
             from tether.feedback.uncertainty import weight_metrics
 
-            metrics.update(weight_metrics(weights))
-        with timer("update"):
-            logprobs, _ = response_logprobs(run.policy, response_hidden(run.policy, got.batch), got.batch, 1.0, chunk)  # [B, Tr]
+            metrics.update(weight_metrics(gather_rows(weights)))
+        with timer("update"), torch.set_grad_enabled(total_kept > 0):
+            logprobs, _ = run.shards.run(policy_logprobs, got.batch, 1.0, chunk)  # [B, Tr]; through the FSDP root when sharded
             seq = (logprobs * mask).sum(1)  # [B]
             ref_seq = (ref_lp * mask).sum(1)  # [B]
             lengths = mask.sum(1).clamp(min=1)  # [B]
-            if kept.numel():
+            if total_kept:
+                # A process whose pairs all tied still takes part: its M is 0 and its loss an empty
+                # sum, 0, yet connected through ``seq`` to every weight, so its backward joins the
+                # gradients' collectives (DDP's all-reduce, FSDP's reduce-scatter) with zeros.
                 losses, lm = preference_loss(
                     cfg.dpo.loss, policy_chosen=seq[chosen], policy_rejected=seq[rejected], chosen_len=lengths[chosen], rejected_len=lengths[rejected],
                     **({"ref_chosen": ref_seq[chosen], "ref_rejected": ref_seq[rejected]} if spec.needs_reference else {}), **hparams,
                 )  # [M]
-                loss = example_mean(losses, None if weights is None or cfg.online.uncertainty != "weight" else weights[kept])
+                # This process's share of the mean over every process's kept pairs.
+                loss = example_mean(losses, None if weights is None or cfg.online.uncertainty != "weight" else weights[kept], normaliser=total_kept)
                 ensure_finite(loss.detach(), step + 1)
-                metrics["grad_norm"] = optimizer_step(loss, params, optimizer, t.max_grad_norm)
-                metrics["loss/total"] = float(loss.detach())
-                metrics.update({k: float(v) for k, v in lm.items()})
-                metrics["label/score_gap"] = float((got.scores[chosen] - got.scores[rejected]).mean())
-            else:  # every pair tied: nothing to learn this step (logged, not hidden)
+                metrics["grad_norm"] = optimizer_step(loss, params, optimizer, t.max_grad_norm, run.shards)
+                # The loss's metrics are means over this process's kept pairs: weighted by them.
+                # (Every process names the same metrics, a process without pairs with zeros: the sum is one collective.)
+                shares = {k: v.detach() * kept.numel() / total_kept if kept.numel() else torch.zeros(()) for k, v in lm.items()}
+                shares["label/score_gap"] = (got.scores[chosen] - got.scores[rejected]).sum() / total_kept
+                shares["loss/total"] = loss.detach()
+                metrics.update(sum_metrics(shares))
+            else:  # every pair tied on every process: nothing to learn this step (logged, not hidden)
                 state.logger.print(f"step {step + 1}: every pair tied under the labeller; no update")
             metrics["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()

@@ -93,6 +93,8 @@ class Collected:
     extras: dict[str, float]  # what the reward source reports beside the scores
     gold: torch.Tensor | None  # [B] gold judge's scores, when one is configured
     batch: ResponseBatch  # all B replies, for the reference and old-policy passes
+    positions: list[int] | None = None  # where these prompts sit in the step's prompts when the step is split across processes
+    total_prompts: int = 0  # the step's prompts over all processes
 
 
 def collect(run, cfg, step: int, timer) -> Collected:
@@ -113,7 +115,7 @@ def collect(run, cfg, step: int, timer) -> Collected:
     with timer("score"):
         scores, extras = score(run.source, prompts, rollout.texts, group, cfg.reward.clip)  # [B]
         gold = score(run.gold, prompts, rollout.texts, group)[0] if run.gold is not None else None  # [B]
-    return Collected(prompts, rollout, scores, extras, gold, ResponseBatch.from_rollout(rollout, run.pad_id))
+    return Collected(prompts, rollout, scores, extras, gold, ResponseBatch.from_rollout(rollout, run.pad_id), positions if split else None, len(indices))
 
 
 __all__ = ["Collected", "collect", "load_prompts", "load_reward", "prompt_text", "sample_responses", "sampling_params", "score", "step_generator"]

@@ -59,6 +59,15 @@ def optimizer_step(loss: torch.Tensor, params, optimizer, max_grad_norm: float, 
     return grad_norm.detach()
 
 
+def mean_over_processes(values: dict[str, torch.Tensor | float], summed: tuple[str, ...] = ()) -> dict[str, float]:
+    """Per-process figures as one number each, brought to the host once: the keys in ``summed``
+    are each process's share of a global mean (divided by the global count) and are summed over
+    processes; the others are averaged over processes, which is the step's mean when every process
+    holds as many rows (``check_online_split``)."""
+    processes = world().size
+    return {k: v if k in summed else v / processes for k, v in sum_metrics(values).items()}
+
+
 class UpdateMeans:
     """Means over a step's updates of what each update reports (grad norm, losses, ratio metrics).
 
@@ -80,9 +89,7 @@ class UpdateMeans:
             self.sums[k] = self.sums.get(k, 0.0) + v
 
     def means(self) -> dict[str, float]:
-        processes = world().size
-        totals = sum_metrics(self.sums)
-        return {k: v / max(self.updates, 1) / (1 if k in self.SUMMED_OVER_PROCESSES else processes) for k, v in totals.items()}
+        return {k: v / max(self.updates, 1) for k, v in mean_over_processes(self.sums, self.SUMMED_OVER_PROCESSES).items()}
 
 
 def group_metrics(scores: torch.Tensor, advantages: torch.Tensor, group: int) -> dict[str, float]:
@@ -95,4 +102,4 @@ def group_metrics(scores: torch.Tensor, advantages: torch.Tensor, group: int) ->
     }
 
 
-__all__ = ["UpdateMeans", "check_online_split", "global_tokens", "group_metrics", "minibatches", "optimizer_step", "single_update"]
+__all__ = ["UpdateMeans", "check_online_split", "global_tokens", "group_metrics", "mean_over_processes", "minibatches", "optimizer_step", "single_update"]
