@@ -323,18 +323,14 @@ def test_placement_auto_is_float32_on_the_cpu_and_cuda_is_refused_without_a_gpu(
         resolve_placement("cpu", "float16", w)
 
 
-def test_fsdp_is_refused_where_a_command_cannot_shard_and_for_uneven_batches(monkeypatch):
-    """Under torchrun (faked: the environment says 2 processes, and joining the group is skipped).
-    PPO (value head outside the policy), Nash-MD and online DPO (judged comparisons on the whole
-    policy) refuse FSDP by name; GRPO and RLOO take it."""
+def test_fsdp_is_refused_for_uneven_batches(monkeypatch):
+    """Under torchrun (faked: the environment says 2 processes, and joining the group is skipped)."""
     from tether import parallel
     from tether.trainers.distributed import check_mode
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setattr(parallel, "init", lambda backend=None: parallel.World(0, 2, 0))
-    with pytest.raises(NotImplementedError, match="train.distributed=fsdp is not available for ppo"):
-        check_mode("fsdp", 4, "train.prompts_per_step", no_fsdp="ppo (its value head)")
     check_mode("fsdp", 4, "train.prompts_per_step")
     with pytest.raises(ValueError, match="train.batch_size=3 must be a multiple"):
         check_mode("fsdp", 3, "train.batch_size")

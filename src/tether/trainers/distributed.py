@@ -15,9 +15,10 @@ each of them is what the single-process code always did.
   *sums* the gradients (the loss already carries the global normaliser). Checkpoints are sharded
   (torch.distributed.checkpoint: every process writes its own shard, nothing is gathered), and the
   final export gathers a full state dict once, into an unsharded copy on the main process.
-* Online RL (GRPO, RLOO) shards the same way; generation runs on a whole copy of the policy that
-  every process refreshes from the shards before each rollout (``trainers.online.sharding``).
-  PPO, Nash-MD and online DPO refuse ``fsdp`` by name (``check_mode``'s ``no_fsdp``).
+* Online RL (PPO, GRPO, RLOO, Nash-MD, online DPO) shards the same way, PPO's policy, value head
+  and critic as one root; generation (Nash-MD's mixture and reference replies too), the reference
+  pass and the held-out evaluation run on a whole copy of the policy that every process refreshes
+  from the shards before each rollout (``trainers.online.sharding``).
 * Only the main process (rank 0) writes logs, non-sharded checkpoints and the final model; the
   others wait at a barrier where a file they will read is being written.
 """
@@ -31,15 +32,13 @@ import torch
 from tether import parallel
 
 
-def check_mode(mode: str, batch: int, what: str, no_fsdp: str | None = None) -> None:
+def check_mode(mode: str, batch: int, what: str) -> None:
     """Join the process group if torchrun started this process (a no-op otherwise, and when
     ``load_trainable_model`` already did), then refuse what a multi-process run cannot do, naming
-    the key at fault. ``no_fsdp``: the command, when it cannot run sharded (and why)."""
+    the key at fault."""
     w = parallel.init()
     if not w.distributed:
         return
-    if mode == "fsdp" and no_fsdp:
-        raise NotImplementedError(f"train.distributed=fsdp is not available for {no_fsdp}; use train.distributed=ddp")
     if batch < w.size:
         raise ValueError(f"{what}={batch} is smaller than the {w.size} processes; every process needs at least one example per step")
     if mode == "fsdp" and batch % w.size:

@@ -104,6 +104,11 @@ class PPOModules(nn.Module):
         return logprobs, values, ent
 
 
+def ppo_forward(modules: PPOModules, batch, temperature: float, chunk_size: int, entropy: bool = False):
+    """``modules(batch, ...)``: the function the FSDP root runs whole (``PolicyShards.run``)."""
+    return modules(batch, temperature, chunk_size, entropy)
+
+
 def hidden_size(model) -> int:
     from tether.models import unwrap_peft
 
@@ -142,18 +147,22 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
     from tether.trainers.online.batch import ResponseBatch, entropy_surrogate
     from tether.trainers.online.rollout import collect
     from tether.trainers.online.run import StepState, Timer, make_kl_controller, rollout_metrics, start_run
-    from tether.parallel import device, global_sum, sum_metrics, world
-    from tether.trainers.online.update import UpdateMeans, global_tokens, minibatches, optimizer_step, single_update
+    from tether.parallel import barrier, device, global_sum, is_main, sum_metrics, world
+    from tether.trainers.online.update import UpdateMeans, global_tokens, mean_over_processes, minibatches, optimizer_step, single_update
 
     started = time.time()
-    run = start_run(cfg, reward_source, gold_source, no_fsdp="ppo (its value head and critic sit outside the sharded policy)")
     t, p = cfg.train, cfg.ppo
-    critic = None
-    if p.critic == Critic.SEPARATE:
-        from tether.trainers.common import load_trainable_model
 
-        critic, _ = load_trainable_model(cfg.model, cfg.lora, t.seed + 1)
-    modules = PPOModules(run.policy, ValueHead(hidden_size(run.policy)).to(device()), critic)
+    def with_value(policy) -> PPOModules:  # what PPO trains, built before FSDP shards it as one root
+        critic = None
+        if p.critic == Critic.SEPARATE:
+            from tether.trainers.common import load_trainable_model
+
+            critic, _ = load_trainable_model(cfg.model, cfg.lora, t.seed + 1)
+        return PPOModules(policy, ValueHead(hidden_size(policy)).to(device()), critic)
+
+    run = start_run(cfg, reward_source, gold_source, wrap=with_value)
+    modules = run.shards.trained  # PPOModules (its weights sharded under FSDP)
     policy_params = [q for q in run.policy.parameters() if q.requires_grad]
     optimizer = build_optimizer([{"params": policy_params}, {"params": modules.value_parameters(), "lr": p.value_lr or t.lr}], t)
     scheduler = build_scheduler(optimizer, t.max_steps, t)
@@ -170,8 +179,8 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
         rollout, scores, batch = got.rollout, got.scores, got.batch
         mask = batch.mask  # [B, Tr]
         with timer("reference+value"), torch.no_grad():
-            ref_lp = run.reference.logprobs(run.policy, batch, temperature, chunk) if run.reference is not None else None  # [B, Tr]
-            old_lp, old_values, entropy = modules(batch, temperature, chunk, entropy=True)  # [B, Tr] each
+            ref_lp = run.reference.logprobs(run.sampler, batch, temperature, chunk) if run.reference is not None else None  # [B, Tr]; the whole policy under FSDP too
+            old_lp, old_values, entropy = run.shards.run(ppo_forward, batch, temperature, chunk, True)  # [B, Tr] each
         # Without a reference β is 0: the policy's own log-probs stand in, a zero KL leaves the rewards as the scores.
         rewards, kl = kl_penalized_rewards(scores, old_lp, old_lp if ref_lp is None else ref_lp, mask, kl_coef=kl_ctl.value, estimator=cfg.kl.estimator)  # [B, Tr]
         advantages, returns = gae(rewards, old_values, gamma=p.gamma, lam=p.lam, mask=mask)  # [B, Tr]
@@ -186,7 +195,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
                 for rows in minibatches(len(rollout.texts), t.minibatch_size, shuffle):
                     sub = ResponseBatch.from_rollout(rollout, run.pad_id, rows)
                     m = sub.mask  # [b, Tr]
-                    logprobs, values, _ = modules(sub, temperature, chunk)  # [b, Tr]
+                    logprobs, values, _ = run.shards.run(ppo_forward, sub, temperature, chunk)  # [b, Tr]; through the FSDP root when sharded
                     pg_losses, pg_metrics = ppo_clip_loss(logprobs, old_lp[rows], advantages[rows], m, clip_eps=p.clip_eps)  # [b, Tr]
                     v_losses, v_metrics = clipped_value_loss(values, old_values[rows], returns[rows], m, clip_eps=p.value_clip)  # [b, Tr]
                     per_token = pg_losses + p.vf_coef * v_losses  # [b, Tr]
@@ -195,7 +204,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
                     loss = token_mean_global(per_token, m, global_tokens(m))
                     ensure_finite(loss.detach(), step + 1)
                     piece = {
-                        "grad_norm": optimizer_step(loss, params, optimizer, t.max_grad_norm),
+                        "grad_norm": optimizer_step(loss, params, optimizer, t.max_grad_norm, run.shards),
                         "loss/total": loss.detach(),
                         "loss/policy": masked_mean(pg_losses.detach(), m),
                         "loss/value": masked_mean(v_losses.detach(), m),
@@ -219,18 +228,21 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
         metrics.update(timer.metrics())
         # Per-process figures, averaged over processes (each holds as many responses).
         local = {"policy/entropy": masked_mean(entropy, mask), "value/explained_variance": explained_variance(old_values, returns, mask), "value/mean": masked_mean(old_values, mask)}
-        metrics.update({k: v / world().size for k, v in sum_metrics(local).items()})
+        metrics.update(mean_over_processes(local))
         metrics.update({"kl/coef": kl_ctl.value, "updates": float(means.updates), "early_stopped": float(early_stop)})
         if state.end_step(step, metrics, len(rollout.texts)):
             break
 
     rows = state.finish()
-    out = Path(t.output_dir)
-    if critic is None:
-        save_value_head(modules.value_head, out / "model")
-    else:
-        save_model(critic, run.tokenizer, out / "critic")
-        save_value_head(modules.value_head, out / "critic")
+    whole = run.shards.whole()  # under FSDP a collective: the gathered PPOModules on the main process
+    if whole is not None and is_main():
+        out = Path(t.output_dir)
+        if whole.critic is None:
+            save_value_head(whole.value_head, out / "model")
+        else:
+            save_model(whole.critic, run.tokenizer, out / "critic")
+            save_value_head(whole.value_head, out / "critic")
+    barrier()
     return rows
 
 

@@ -136,11 +136,12 @@ class RunSetup:
         return self.shards.sampler
 
 
-def start_run(cfg, reward_source=None, gold_source=None, no_fsdp: str | None = None) -> RunSetup:
+def start_run(cfg, reward_source=None, gold_source=None, wrap=None) -> RunSetup:
     """Seed, load the policy (and its reference, before any checkpoint changes the weights),
     the reward sources and the prompts. No reference is built when ``cfg.kl`` never needs one.
-    Under ``train.distributed=fsdp`` the policy is sharded here, before any optimiser sees it
-    (``PolicyShards``); ``no_fsdp`` names a command that cannot run sharded (it is refused)."""
+    ``wrap(policy)``: the module the run trains around the policy (PPO's policy + value head +
+    critic; the policy itself when None). Under ``train.distributed=fsdp`` it is sharded here,
+    before any optimiser sees it (``PolicyShards``)."""
     from tether.config import save_yaml
     from tether.rollout.engine import pad_token_id
     from tether.trainers.common import StepPlan, configure_threads, load_trainable_model, set_seed
@@ -155,10 +156,10 @@ def start_run(cfg, reward_source=None, gold_source=None, no_fsdp: str | None = N
     policy, tokenizer = load_trainable_model(cfg.model, cfg.lora, cfg.train.seed)
     from tether.trainers.online.sharding import PolicyShards
 
-    check_mode(cfg.train.distributed, cfg.train.prompts_per_step, "train.prompts_per_step", no_fsdp=no_fsdp)
+    check_mode(cfg.train.distributed, cfg.train.prompts_per_step, "train.prompts_per_step")
     check_online_split(cfg.train.prompts_per_step, cfg.train.minibatch_size)
     reference = Reference(cfg.kl.reference, policy, cfg.lora.enabled) if uses_reference(cfg.kl) else None  # a copy: of the unsharded policy
-    shards = PolicyShards(policy, cfg.train.distributed)
+    shards = PolicyShards(policy, cfg.train.distributed, wrap(policy) if wrap is not None else None)
     source = reward_source if reward_source is not None else load_reward(cfg.reward.source, cfg.reward.uncertainty_penalty)
     gold = gold_source if gold_source is not None else (load_reward(cfg.reward.gold) if cfg.reward.gold else None)
     train_prompts, eval_prompts = load_prompts(cfg.data)
@@ -205,8 +206,8 @@ class StepState:
         from tether.trainers.distributed import open_logger
 
         t = cfg.train
-        if run.shards.sharded and modules is not run.policy:
-            raise NotImplementedError(f"{title}: train.distributed=fsdp checkpoints the policy alone; this run holds more modules (use train.distributed=ddp)")
+        if run.shards.sharded and modules is not run.shards.trained:
+            raise ValueError(f"{title}: under train.distributed=fsdp the checkpoints hold what start_run sharded (its wrap), not another module")
         modules = run.shards.checkpointed if run.shards.sharded else modules  # FSDP: the root, whose state is sharded
         self.run, self.cfg, self.modules, self.title = run, cfg, modules, title
         self.optimizer, self.scheduler, self.kl_ctl = optimizer, scheduler, kl_ctl

@@ -33,18 +33,26 @@ from tether import parallel
 
 
 class PolicyShards:
-    """``policy`` as this run trains it. ``run(fn, *args)``: ``fn(policy, *args)``, through the
-    FSDP root when sharded. ``sampler``: the module that generates, scores the reference and is
-    exported (the policy itself unless sharded). ``checkpointed``: what checkpoints hold."""
+    """``policy`` as this run trains it, inside ``trained``: the module the run trains and
+    checkpoints (the policy itself, or PPO's policy + value head + critic), sharded as one FSDP
+    root. ``run(fn, *args)``: ``fn(trained, *args)``, through the root when sharded. ``sampler``:
+    the policy, whole, that generates, scores the reference and is exported (the policy itself
+    unless sharded). ``checkpointed``: what checkpoints hold (the root, when sharded)."""
 
-    def __init__(self, policy: torch.nn.Module, mode: str):
+    def __init__(self, policy: torch.nn.Module, mode: str, trained: torch.nn.Module | None = None):
         from tether.trainers.distributed import Distributed
 
         self.policy = policy
+        self.trained = policy if trained is None else trained
         self.sharded = parallel.world().distributed and mode == "fsdp"
         self.sampler = copy.deepcopy(policy) if self.sharded else policy  # before fully_shard turns the weights into shards
-        self.dist = Distributed(policy, mode)  # shards ``policy`` in place (before the optimiser sees its parameters)
-        self.checkpointed = self.dist.root if self.sharded else policy
+        self.dist = Distributed(self.trained, mode)  # shards ``trained`` in place (before the optimiser sees its parameters)
+        self.checkpointed = self.dist.root if self.sharded else self.trained
+
+    def whole(self) -> torch.nn.Module | None:
+        """``trained`` with whole weights, for the export: itself unless sharded; else (a
+        collective) the gathered copy on the main process and None elsewhere."""
+        return self.dist.full_model()
 
     def run(self, fn, *args):
         return self.dist.run(fn, *args)
