@@ -62,10 +62,17 @@ def assert_same_run(one: Path, two: Path, model_file: str, keys=("loss", "grad_n
     assert len(ea) == len(eb)
     for ra, rb in zip(ea, eb):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=2e-5), ("eval", ra, rb)
-    files = sorted(p.name for p in (one / "model").glob(model_file))
-    assert files and files == sorted(p.name for p in (two / "model").glob(model_file))
-    wa = {f"{f}/{k}": v for f in files for k, v in weights(one / "model" / f).items()}
-    wb = {f"{f}/{k}": v for f in files for k, v in weights(two / "model" / f).items()}
+    assert_same_weights(one / "model", two / "model", model_file, len(a))
+    assert not (two / "rank1").exists()  # nothing but rank 0 writes
+
+
+def assert_same_weights(one: Path, two: Path, pattern: str, steps: int) -> None:
+    """The ``pattern`` files of two exported model directories hold the same weights, to within
+    AdamW's rounding after ``steps`` logged steps."""
+    files = sorted(p.name for p in one.glob(pattern))
+    assert files and files == sorted(p.name for p in two.glob(pattern))
+    wa = {f"{f}/{k}": v for f in files for k, v in weights(one / f).items()}
+    wb = {f"{f}/{k}": v for f in files for k, v in weights(two / f).items()}
     assert wa.keys() == wb.keys()
     for name in wa:
         # AdamW moves each weight by about lr·m/(√v + eps) per update: where a gradient entry is
@@ -76,8 +83,7 @@ def assert_same_run(one: Path, two: Path, model_file: str, keys=("loss", "grad_n
         # would not show) changes the logged loss and gradient norm compared above.
         close = torch.isclose(wb[name], wa[name], rtol=0, atol=3e-5)
         assert close.float().mean() > 0.999, (name, int((~close).sum()), wa[name].numel())
-        assert (wb[name] - wa[name]).abs().max() <= 2 * 3e-3 * len(a), name
-    assert not (two / "rank1").exists()  # nothing but rank 0 writes
+        assert (wb[name] - wa[name]).abs().max() <= 2 * 3e-3 * steps, name
 
 
 def base_overrides(out: Path, micro: int, **extra) -> list[str]:
@@ -190,7 +196,25 @@ def recorded(*args, **kwargs):
     return result
 advantages.group_advantages = recorded
 
+import tether.trainers.online_dpo as online_dpo
+original_label = online_dpo.label_pairs
+def counted(win):
+    chosen, rejected, kept = original_label(win)
+    seen.setdefault("kept", []).append(int(kept.numel()))  # this process's kept pairs, per step
+    return chosen, rejected, kept
+online_dpo.label_pairs = counted
+
+class TiesOnRankOne(Recording):
+    """Lowercase on rank 0; one score for every reply on rank 1, whose pairs then all tie."""
+    def score(self, prompts, responses):
+        got = super().score(prompts, responses)
+        if parallel.world().rank == 1:
+            got["reward"] = torch.zeros_like(got["reward"])
+        return got
+
 from tether.trainers.grpo import GRPOConfig, run_grpo
+from tether.trainers.nash import NashConfig, run_nash
+from tether.trainers.online_dpo import OnlineDPOConfig, run_online_dpo
 from tether.trainers.ppo import PPOConfig, run_ppo
 from tether.trainers.rloo import RLOOConfig, run_rloo
 sections = {
@@ -201,8 +225,17 @@ sections = {
     "train": {"output_dir": out, "max_steps": steps, "progress": False, "save_every": save_every, "threads": 1, "distributed": mode, "resume": resume,
               "prompts_per_step": 4, "samples_per_prompt": 4, "epochs": 2, "minibatch_size": 0, "lr": 3e-3},
 }
-if algo == "ppo":  # whitened GAE advantages (mean and variance over both processes), target_kl decided together
-    run_ppo(from_dict(PPOConfig, {**sections, "ppo": {"whiten_advantages": True, "target_kl": 10.0}}), reward_source=Recording())
+judged = {"data": {"eval_prompts": 4, "eval_samples": 1}, "sampling": {"max_new_tokens": 6, "temperature": 1.0}}  # a held-out win-rate at the end
+one_update = {**sections["train"], "epochs": 1, "minibatch_size": 0}
+if algo in ("ppo", "ppo_critic"):  # whitened GAE advantages (mean and variance over both processes), target_kl decided together
+    critic = "separate" if algo == "ppo_critic" else "head"
+    run_ppo(from_dict(PPOConfig, {**sections, "ppo": {"whiten_advantages": True, "target_kl": 10.0, "critic": critic}}), reward_source=Recording())
+elif algo == "nash":  # the policy's replies against the mixture's, judged by the reward compared pairwise
+    run_nash(from_dict(NashConfig, {**sections, **judged, "kl": {"coef": 0.1}, "train": {**one_update, "samples_per_prompt": 2}}), reward_source=Recording())
+elif algo in ("online_dpo", "online_dpo_ties"):  # pairs of replies labelled by the reward compared pairwise; ties dropped
+    # Seed 2: the processes keep 2 and 1 of their 2 pairs at step 1, 0 and 2 at step 2 (a per-process mean would differ).
+    source = TiesOnRankOne() if algo == "online_dpo_ties" else Recording()
+    run_online_dpo(from_dict(OnlineDPOConfig, {**sections, **judged, "kl": {"coef": 0.0}, "train": {**one_update, "samples_per_prompt": 2, "seed": 2}}), reward_source=source)
 elif algo == "rloo":
     run_rloo(from_dict(RLOOConfig, sections), reward_source=Recording())
 else:
@@ -211,7 +244,9 @@ json.dump(seen, open(f"{out}/seen-rank{parallel.world().rank}.json", "w"))
 '''
 
 
-def run_online_worker(out: Path, nproc: int, tmp_path: Path, algo: str = "grpo", mode: str = "ddp", stop_at: int = -1, resume: bool = False, save_every: int = 0, steps: int = 2) -> list[dict]:
+def run_online_worker(
+    out: Path, nproc: int, tmp_path: Path, algo: str = "grpo", mode: str = "ddp", stop_at: int = -1, resume: bool = False, save_every: int = 0, steps: int = 2, timeout: int = 900
+) -> list[dict]:
     """``ONLINE_WORKER`` in one process or under torchrun; ``stop_at`` >= 0: every process exits
     (status 3) when step ``stop_at`` + 1 scores its replies, after step ``stop_at``'s checkpoint."""
     script = tmp_path / "online_worker.py"
@@ -219,11 +254,19 @@ def run_online_worker(out: Path, nproc: int, tmp_path: Path, algo: str = "grpo",
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO / 'tests'}", "OMP_NUM_THREADS": "1", "TETHER_CACHE": str(tmp_path / "cache")}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] if nproc > 1 else [sys.executable]
     argv = [str(out), algo, mode, str(stop_at), "1" if resume else "0", str(save_every), str(steps)]
-    proc = subprocess.run([*launcher, str(script), *argv], env=env, capture_output=True, text=True, timeout=900)  # a few seconds when the machine is idle
+    proc = subprocess.Popen([*launcher, str(script), *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)  # a few seconds when the machine is idle
+    except subprocess.TimeoutExpired:
+        # SIGTERM, not subprocess.run's SIGKILL: torchrun then stops its workers (each in a
+        # process group of its own) instead of leaving them waiting in a collective forever.
+        proc.terminate()
+        stdout, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"{algo} on {nproc} processes did not finish within {timeout} s (a hang?): {stderr[-3000:]}")
     if stop_at >= 0:
         assert proc.returncode != 0 and not (out / "model").exists(), "the run was meant to stop early"
         return []
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
     return [json.loads((out / f"seen-rank{r}.json").read_text()) for r in range(nproc)]
 
 
@@ -398,3 +441,70 @@ def test_grpo_fsdp_stopped_and_resumed_equals_uninterrupted(tmp_path):
     ra, rb = records(tmp_path / "straight", "train"), records(stopped, "train")
     assert [r["step"] for r in rb] == list(range(1, steps + 1))
     assert [r["reward/mean"] for r in rb] == pytest.approx([r["reward/mean"] for r in ra], abs=1e-6)
+
+
+# ---- PPO, Nash-MD and online DPO on several processes ---------------------------------------------
+
+
+@pytest.mark.parametrize("algo,mode", [("nash", "fsdp"), ("online_dpo", "fsdp"), ("online_dpo", "ddp"), ("ppo_critic", "fsdp")])
+def test_judged_and_ppo_two_processes_equal_one(tmp_path, algo, mode):
+    """Nash-MD, online DPO and PPO over 2 processes (FSDP2: PPO's policy, separate critic and value
+    head as one sharded root, the critic and head gathered for the export; Nash-MD's mixture and
+    reference replies from the whole sampler) equal 1 process. Online DPO's loss is a mean over the kept (untied) pairs of *every* process: at step 1
+    the processes keep 2 and 1 pairs, where a per-process mean (L₀/2 + L₁/1, not (L₀ + L₁)/3) would
+    give other gradients, and at step 2 none and 2 (the process without pairs still joins the update)."""
+    one = run_online_worker(tmp_path / "one", 1, tmp_path, algo)[0]
+    two = run_online_worker(tmp_path / "two", 2, tmp_path, algo, mode=mode)
+    keys = ("loss/total", "grad_norm", "reward/mean")
+    # Figures that are sums of terms which cancel (Nash-MD's loss is Σ advantage·log π with
+    # advantages of either sign; DPO's implicit rewards are β·differences of log-prob sums near
+    # -30), so float32 rounding shows at about 1e-6 absolute, not relative to the small result.
+    cancelling = ("kl/ref",)
+    if algo == "online_dpo":
+        kept = [r["kept"] for r in two]  # [process][step]
+        assert [a + b for a, b in zip(*kept)] == one["kept"]
+        assert any(a != b and a and b for a, b in zip(*kept)) and any(not a for a in kept[0] + kept[1]), kept
+        keys += ("label/ties", "label/confidence", "label/score_gap", "logps/chosen", "logps/rejected")
+        cancelling += ("rewards/margin", "rewards/chosen", "rewards/rejected", "rewards/accuracy")
+    if algo == "nash":
+        keys = ("grad_norm", "reward/mean", "win/mixture", "win/reference", "policy/entropy")
+        cancelling += ("loss/total", "nash/advantage")
+    assert_same_run(tmp_path / "one", tmp_path / "two", "*.safetensors", keys=keys, mode=mode)
+    for ra, rb in zip(records(tmp_path / "one", "train"), records(tmp_path / "two", "train")):
+        for k in (k for k in cancelling if k in ra or k in rb):
+            assert k in ra and k in rb and rb[k] == pytest.approx(ra[k], abs=5e-6), (ra["step"], k, ra.get(k), rb.get(k))
+    if algo == "ppo_critic":
+        assert_same_weights(tmp_path / "one" / "critic", tmp_path / "two" / "critic", "*.safetensors", 2)  # the critic's backbone and value head
+    else:
+        sa, sb = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+        assert sb["held_out/win_rate_vs_reference"] == pytest.approx(sa["held_out/win_rate_vs_reference"], abs=1e-6)
+
+
+def test_online_dpo_with_every_pair_tied_on_one_process_does_not_hang(tmp_path):
+    """Data parallel online DPO where rank 1's pairs all tie at every step: at step 1 rank 0 keeps
+    pairs and rank 1 none, and rank 1 still takes part in the update (a zero share of the loss, the
+    gradients' all-reduce), so both processes finish (a process that skipped the update would leave
+    the other waiting in the all-reduce until the timeout); at step 2 no process keeps a pair and
+    all of them skip the update together."""
+    two = run_online_worker(tmp_path / "two", 2, tmp_path, "online_dpo_ties", mode="ddp", timeout=180)  # a few seconds unless it hangs
+    assert two[0]["kept"] == [2, 0] and two[1]["kept"] == [0, 0]
+    first, second = records(tmp_path / "two", "train")
+    assert first["label/ties"] == 0.5 and first["grad_norm"] > 0
+    assert second["label/ties"] == 1.0 and "grad_norm" not in second
+
+
+def test_ppo_fsdp_stopped_and_resumed_equals_uninterrupted(tmp_path):
+    """PPO under FSDP2: the sharded checkpoint holds the policy, the value head and AdamW's moments
+    of both; a run stopped after step 2's checkpoint and resumed on 2 processes ends with the
+    weights and value head of a run never interrupted (the value head gathered for the export)."""
+    steps = 3
+    run_online_worker(tmp_path / "straight", 2, tmp_path, "ppo", mode="fsdp", save_every=1, steps=steps)
+    stopped = tmp_path / "stopped"
+    run_online_worker(stopped, 2, tmp_path, "ppo", mode="fsdp", stop_at=2, save_every=1, steps=steps)
+    assert (stopped / "checkpoints" / "step-0000002" / "sharded").is_dir()
+    run_online_worker(stopped, 2, tmp_path, "ppo", mode="fsdp", resume=True, save_every=1, steps=steps)
+    for name in ("model.safetensors", "value_head.safetensors"):
+        a, b = weights(tmp_path / "straight" / "model" / name), weights(stopped / "model" / name)
+        assert a.keys() == b.keys() and a
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=lambda m: f"{name}/{key}: {m}")
