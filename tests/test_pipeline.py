@@ -176,3 +176,19 @@ def test_sweep_adds_runs_at_each_kl_strength_and_keeps_the_default_runs_name():
     stages, runs = build_stages(cfg)
     assert runs == [("ppo-kl0.01", "ppo", 0.01), ("ppo", "ppo", 0.05), ("ppo-kl0.2", "ppo", 0.2)]
     assert [s.name for s in stages][-3:] == ["eval-ppo-kl0.01", "eval-ppo", "eval-ppo-kl0.2"]
+
+
+@pytest.mark.parametrize("method,preset", [("grpo", "grpo_vader"), ("ppo", "ppo_vader"), ("dpo", None)])
+def test_a_method_without_a_time_budget_replaces_the_trainer_presets_budget(method, preset):
+    """`grpo.max_minutes: null` means the steps alone bound the run; the trainer's own preset (7
+    minutes in grpo_vader.yaml) must not come back in its place, and a set budget goes through."""
+    from tether.config import DPOConfig, load_config
+    from tether.pipeline.experiment import budget_overrides
+    from tether.trainers.grpo import GRPOConfig
+    from tether.trainers.ppo import PPOConfig
+
+    config_class = {"grpo": GRPOConfig, "ppo": PPOConfig, "dpo": DPOConfig}[method]
+    for minutes, expected in (("null", None), ("1.5", 1.5)):
+        cfg = load_pipeline_config(None, [f"{method}.max_minutes={minutes}"])
+        trainer = load_config(config_class, preset, budget_overrides(getattr(cfg, method)))
+        assert trainer.train.max_minutes == expected

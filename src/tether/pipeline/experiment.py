@@ -24,7 +24,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from tether.pipeline.config import METHODS, PipelineConfig
+from tether.pipeline.config import METHODS, PipelineConfig, PipelineMethod
 from tether.pipeline.stages import Stage, StageContext
 
 # Seconds per unit measured on the default model with 2 CPU threads (see the README), for the
@@ -166,6 +166,13 @@ def rm_stage(cfg: PipelineConfig, ctx: StageContext) -> dict:
     return result | {"accuracy": report["accuracy"], "ece": report["ece"], "pairs": len(held)}
 
 
+def budget_overrides(m: PipelineMethod) -> list[str]:
+    """The method's time budget as the trainer's ``train.max_minutes``, null included: the trainers'
+    own presets (``grpo_vader.yaml`` ...) set a budget of their own, which ``max_minutes: null``
+    ("steps alone bound it") must replace, not leave in force."""
+    return [f"train.max_minutes={m.max_minutes if m.max_minutes is not None else 'null'}"]
+
+
 def online_stage(cfg: PipelineConfig, method: str, kl: float, ctx: StageContext) -> dict:
     """PPO or GRPO on the learned reward model, the gold reward logged beside it (reward.gold)."""
     from tether.config import load_config
@@ -178,7 +185,7 @@ def online_stage(cfg: PipelineConfig, method: str, kl: float, ctx: StageContext)
         "data.eval_samples=0",  # the eval stage measures the held-out prompts, with intervals
         f"sampling.max_new_tokens={cfg.sample.max_new_tokens}", f"reward.source={rm_dir}", f"reward.gold={cfg.feedback.gold}",
         f"kl.coef={kl}", f"train.lr={m.lr}", f"train.max_steps={m.steps}", "train.save_every=0",
-    ] + ([f"train.max_minutes={m.max_minutes}"] if m.max_minutes else []) + list(m.extra)
+    ] + budget_overrides(m) + list(m.extra)
     if method == "ppo":
         from tether.trainers.ppo import PPOConfig, run_ppo
 
@@ -204,7 +211,7 @@ def dpo_stage(cfg: PipelineConfig, kl: float, ctx: StageContext) -> dict:
         "lora.enabled=true", "lora.r=16", "lora.alpha=32", f"data.path={ctx.inputs['label'].dir / 'pairs.jsonl'}", "data.eval_fraction=0",
         f"train.lr={m.lr}", f"train.max_steps={m.steps}", "train.batch_size=8", "train.micro_batch_size=8", "train.save_every=0",
         "train.sample_prompts=[]", f"dpo.beta={kl}",
-    ] + ([f"train.max_minutes={m.max_minutes}"] if m.max_minutes else []) + list(m.extra)
+    ] + budget_overrides(m) + list(m.extra)
     run_dpo(load_config(DPOConfig, None, overrides))
     return {"model": "run/model", "kl_strength": kl}
 
