@@ -52,6 +52,17 @@ def test_batch_size_does_not_change_the_completions(tmp_path):
     assert _lines(a) == _lines(b)
 
 
+def test_a_time_budget_stops_after_the_batch_that_crosses_it(tmp_path):
+    """max_seconds=0 is crossed by the first batch: 2 of the 5 prompts are written, the same rows as
+    the unbounded file's first two, and the report says so."""
+    model, tok = tiny_model_and_tokenizer()
+    whole, cut = tmp_path / "whole.jsonl", tmp_path / "cut.jsonl"
+    sample_file(model, tok, PROMPTS, whole, k=2, settings=SETTINGS, batch_size=2, progress=False)
+    report = sample_file(model, tok, PROMPTS, cut, k=2, settings=SETTINGS, batch_size=2, progress=False, max_seconds=0.0)
+    assert (report.prompts, report.written) == (5, 2)
+    assert _lines(cut) == _lines(whole)[:2]
+
+
 def test_a_killed_run_resumes_to_the_uninterrupted_file(tmp_path):
     model, tok = tiny_model_and_tokenizer()
     whole, resumed = tmp_path / "whole.jsonl", tmp_path / "resumed.jsonl"

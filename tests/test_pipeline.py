@@ -157,11 +157,16 @@ def test_time_budgets_are_not_scaled_by_the_measured_speed():
     assert display.factor() == pytest.approx(1.8125) and display.left(2) == pytest.approx(1.8125 * 30.0)
 
 
-def test_a_method_whose_steps_outlast_its_budget_has_the_budget_fixed():
-    from tether.pipeline.experiment import budgets
+def test_a_stage_whose_work_outlasts_its_budget_has_the_budget_fixed():
+    from tether.pipeline.experiment import stage_times
 
-    cfg = load_pipeline_config(None, ["ppo.steps=30", "ppo.max_minutes=3", "dpo.steps=4", "dpo.max_minutes=3", "grpo.max_minutes=null"])
-    assert budgets(cfg) == {"ppo": 180.0, "grpo": 0.0, "dpo": 0.0}  # 30 x 25 s > 180 s; 4 x 9 s < 180 s; no budget
+    cfg = load_pipeline_config(
+        None, ["ppo.steps=30", "ppo.max_minutes=3", "dpo.steps=4", "dpo.max_minutes=3", "grpo.max_minutes=null", "sample.max_minutes=1", "rm.max_minutes=null"]
+    )
+    fixed = {name: budget for name, (_, budget) in stage_times(cfg).items()}
+    # PPO 30 x 25 s > 180 s; DPO 4 x 9 s < 180 s; GRPO and the reward model unbounded;
+    # sampling 208 prompts x 4 x 32 tokens x 0.007 s = 186 s > 60 s
+    assert fixed == {"prompts": 0.0, "sample": 60.0, "label": 0.0, "rm": 0.0, "ppo": 180.0, "grpo": 0.0, "dpo": 0.0, "eval": 0.0}
 
 
 def test_running_mean_averages_the_last_window_values():

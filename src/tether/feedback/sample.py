@@ -209,11 +209,14 @@ def sample_file(
     model_name: str = "",
     progress: bool = True,
     after_batch: Callable[[int], None] | None = None,
+    max_seconds: float | None = None,
 ) -> SampleReport:
     """Write K completions for each of ``prompts`` (chat messages ending in a user turn) to ``output``,
     resuming a file an earlier run over the same prompts, model and settings left unfinished.
     ``batch_size`` is in prompts (each engine call holds ``batch_size * k`` rows).
-    ``after_batch(rows_written)`` is called after each flushed batch (tests kill a run there)."""
+    ``after_batch(rows_written)`` is called after each flushed batch (tests kill a run there).
+    ``max_seconds`` stops after the batch that crosses that many seconds of sampling, the prompts
+    after it left unsampled (the report's ``written`` says how many were; the caller warns)."""
     from tether.rollout.engine import SamplingParams, encode_prompts, generate
 
     if k < 1 or batch_size < 1:
@@ -255,6 +258,8 @@ def sample_file(
                 bar.advance(hi - lo)
                 if after_batch is not None:
                     after_batch(done + written)
+                if max_seconds is not None and time.perf_counter() - start >= max_seconds:
+                    break
     finally:
         bar.close()
         model.train(was_training)

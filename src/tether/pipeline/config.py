@@ -26,6 +26,7 @@ class PipelineSample:
     temperature: float = opt(1.0, "Sampling temperature of the candidates.")
     seed: int = opt(0, "Sampling seed.")
     batch_size: int = opt(8, "Prompts per generation call.")
+    max_minutes: float | None = opt(3.0, "Stop sampling after the batch that crosses this many minutes; the prompts after it go unsampled, with a warning (null: sample every prompt). A slow machine gets fewer candidates, not a longer run.")
 
 
 @dataclass
@@ -46,6 +47,7 @@ class PipelineRM:
     lr: float = opt(1e-3, "Learning rate (LoRA).")
     lora_r: int = opt(16, "LoRA rank (alpha = 2r).")
     pooling: str = opt("mean", "rm.pooling: mean over the reply's tokens learns sentiment faster than the last token.")
+    max_minutes: float | None = opt(2.5, "Stop the reward model's training after the step that crosses this many minutes (its train.max_minutes; null: steps alone bound it).")
     layers: int = opt(6, "rm.layers: the reward model reads the backbone's first N layers (0: all). Sentiment is lexical: 6 of 30 layers held out as well as all 30 here, at a fifth of the cost per step.")
     extra: list[str] = opt([], "More RMConfig overrides (key=value) passed to the reward-model trainer.")
 

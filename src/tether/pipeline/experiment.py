@@ -24,7 +24,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from tether.pipeline.config import METHODS, PipelineConfig, PipelineMethod
+from tether.pipeline.config import METHODS, PipelineConfig, PipelineMethod, PipelineRM
 from tether.pipeline.stages import Stage, StageContext
 
 # Seconds per unit measured on the default model with 2 CPU threads (see the README), for the
@@ -81,8 +81,16 @@ def sample_stage(cfg: PipelineConfig, ctx: StageContext) -> dict:
     model, tokenizer = load_model(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     s = cfg.sample
     settings = SampleSettings(temperature=s.temperature, max_new_tokens=s.max_new_tokens, seed=s.seed)
-    report = sample_file(model, tokenizer, prompts, ctx.out / "samples.jsonl", k=s.k, settings=settings, batch_size=s.batch_size, model_name=cfg.model.name_or_path)
-    return {"prompts": report.prompts, "completions": report.prompts * s.k}
+    budget_s = s.max_minutes * 60 if s.max_minutes is not None else None
+    report = sample_file(
+        model, tokenizer, prompts, ctx.out / "samples.jsonl", k=s.k, settings=settings, batch_size=s.batch_size, model_name=cfg.model.name_or_path, max_seconds=budget_s
+    )
+    if report.written < report.prompts:
+        ctx.report(
+            f"warning: sample.max_minutes={s.max_minutes} ran out after {report.written} of {report.prompts} training prompts "
+            f"({report.seconds:.0f} s); the other {report.prompts - report.written} get no candidates (sample.max_minutes=null samples them all)"
+        )
+    return {"prompts": report.written, "unsampled_prompts": report.prompts - report.written, "completions": report.written * s.k}
 
 
 def _gold_gaps(gold, prompts: list[str], first: list[str], second: list[str]) -> list[float]:
@@ -146,7 +154,7 @@ def rm_stage(cfg: PipelineConfig, ctx: StageContext) -> dict:
         "lora.enabled=true", f"lora.r={r.lora_r}", f"lora.alpha={2 * r.lora_r}", f"data.path={labels / 'pairs.jsonl'}", "data.eval_fraction=0",
         f"train.lr={r.lr}", f"train.max_steps={r.steps}", f"train.batch_size={r.batch_size}", f"train.micro_batch_size={r.batch_size}",
         "train.save_every=0", f"rm.pooling={r.pooling}", f"rm.layers={r.layers}",
-    ] + list(r.extra)
+    ] + budget_overrides(r) + list(r.extra)
     run_rm_train(load_config(RMConfig, None, overrides))
     model_dir = ctx.out / "run" / "model"
     held = _read_jsonl(labels / "heldout_pairs.jsonl")
@@ -166,8 +174,8 @@ def rm_stage(cfg: PipelineConfig, ctx: StageContext) -> dict:
     return result | {"accuracy": report["accuracy"], "ece": report["ece"], "pairs": len(held)}
 
 
-def budget_overrides(m: PipelineMethod) -> list[str]:
-    """The method's time budget as the trainer's ``train.max_minutes``, null included: the trainers'
+def budget_overrides(m: PipelineMethod | PipelineRM) -> list[str]:
+    """The stage's time budget as the trainer's ``train.max_minutes``, null included: the trainers'
     own presets (``grpo_vader.yaml`` ...) set a budget of their own, which ``max_minutes: null``
     ("steps alone bound it") must replace, not leave in force."""
     return [f"train.max_minutes={m.max_minutes if m.max_minutes is not None else 'null'}"]
@@ -287,40 +295,36 @@ def _prompt_count(cfg: PipelineConfig) -> int:
         return 240
 
 
-def _budget_s(m) -> float:
-    """A method's training-loop time budget in seconds (0: none)."""
-    return (m.max_minutes or 0.0) * 60
+def _bounded(overhead_s: float, work_s: float, max_minutes: float | None) -> tuple[float, float]:
+    """(estimated seconds, the part of them a time budget fixes) of a stage that spends overhead_s
+    loading and work_s in a loop bounded by max_minutes: the whole budget is fixed when the work
+    would outlast it (the loop stops on time, however fast the machine), else nothing is."""
+    budget = (max_minutes or 0.0) * 60
+    if budget and work_s >= budget:
+        return overhead_s + budget, budget
+    return overhead_s + work_s, 0.0
 
 
-def budgets(cfg: PipelineConfig) -> dict[str, float]:
-    """The seconds of each method's estimate that its time budget fixes: all of the budget when the
-    steps would outlast it (the run will stop on time, however fast the machine), else none."""
-    out = {}
-    for method, step_s in STEP_S.items():
-        m = getattr(cfg, method)
-        out[method] = _budget_s(m) if _budget_s(m) and m.steps * step_s >= _budget_s(m) else 0.0
-    return out
-
-
-def estimates(cfg: PipelineConfig) -> dict[str, float]:
-    """Rough seconds per stage on the default model and 2 CPU threads (the display corrects them).
+def stage_times(cfg: PipelineConfig) -> dict[str, tuple[float, float]]:
+    """Rough (seconds, seconds fixed by a time budget) per stage on the default model and 2 CPU
+    threads; the display scales the unfixed part by the measured speed.
 
     Unit costs measured on a quiet run of the bundled experiment (README): 0.007 s per sampled
     token at 64 replies a batch; about 0.13 s per reward-model pair with 6 of 30 layers (a fixed
-    0.03 s plus 0.5 s scaled by the share of layers kept, rm.layers); about 9 s per DPO step of 8
-    pairs; 0.35 s per evaluation reply (the starting policy's replies are drawn once)."""
+    0.03 s plus 0.5 s scaled by the share of layers kept, rm.layers); STEP_S per training step;
+    0.35 s per evaluation reply (the starting policy's replies are drawn once)."""
     train_prompts = max(1, _prompt_count(cfg) - cfg.data.eval_prompts)
     share = cfg.rm.layers / 30 if cfg.rm.layers else 1.0  # the default model has 30 decoder layers
-    online = lambda method: 20.0 + min(getattr(cfg, method).steps * STEP_S[method], _budget_s(getattr(cfg, method)) or 1e9)
+    method = lambda name, overhead: _bounded(overhead, getattr(cfg, name).steps * STEP_S[name], getattr(cfg, name).max_minutes)
     return {
-        "prompts": 1.0,
-        "sample": LOAD_S + train_prompts * cfg.sample.k * cfg.sample.max_new_tokens * 0.007,
-        "label": 3.0,
-        "rm": LOAD_S + cfg.rm.steps * cfg.rm.batch_size * (0.03 + 0.5 * share),
-        "ppo": online("ppo"),
-        "grpo": online("grpo"),
-        "dpo": LOAD_S + min(cfg.dpo.steps * STEP_S["dpo"], _budget_s(cfg.dpo) or 1e9),
-        "eval": 2 * LOAD_S + cfg.data.eval_prompts * cfg.eval.samples_per_prompt * 0.35,
+        "prompts": (1.0, 0.0),
+        "sample": _bounded(LOAD_S, train_prompts * cfg.sample.k * cfg.sample.max_new_tokens * 0.007, cfg.sample.max_minutes),
+        "label": (3.0, 0.0),
+        "rm": _bounded(LOAD_S, cfg.rm.steps * cfg.rm.batch_size * (0.03 + 0.5 * share), cfg.rm.max_minutes),
+        "ppo": method("ppo", 20.0),
+        "grpo": method("grpo", 20.0),
+        "dpo": method("dpo", LOAD_S),
+        "eval": (2 * LOAD_S + cfg.data.eval_prompts * cfg.eval.samples_per_prompt * 0.35, 0.0),
     }
 
 
@@ -328,15 +332,15 @@ def build_stages(cfg: PipelineConfig) -> tuple[list[Stage], list[tuple[str, str,
     """The stages in order, and the trained runs as (stage name, method, KL strength)."""
     from functools import partial
 
-    est = estimates(cfg)
-    budget = budgets(cfg)
+    times = stage_times(cfg)
+    timed = lambda kind: {"estimate_s": times[kind][0], "budget_s": times[kind][1]}
     model = asdict(cfg.model)
     data, sample, feedback = asdict(cfg.data), asdict(cfg.sample), asdict(cfg.feedback)
     stages = [
-        Stage("prompts", partial(prompts_stage, cfg), {"data": data}, estimate_s=est["prompts"]),
-        Stage("sample", partial(sample_stage, cfg), {"model": model, "sample": sample}, reads=("prompts",), estimate_s=est["sample"]),
-        Stage("label", partial(label_stage, cfg), {"feedback": feedback}, reads=("sample",), estimate_s=est["label"], version="2"),
-        Stage("rm", partial(rm_stage, cfg), {"rm": asdict(cfg.rm), "threads": cfg.run.threads}, reads=("label",), estimate_s=est["rm"]),
+        Stage("prompts", partial(prompts_stage, cfg), {"data": data}, **timed("prompts")),
+        Stage("sample", partial(sample_stage, cfg), {"model": model, "sample": sample}, reads=("prompts",), **timed("sample")),
+        Stage("label", partial(label_stage, cfg), {"feedback": feedback}, reads=("sample",), **timed("label"), version="2"),
+        Stage("rm", partial(rm_stage, cfg), {"rm": asdict(cfg.rm), "threads": cfg.run.threads}, reads=("label",), **timed("rm")),
     ]
     runs: list[tuple[str, str, float]] = []
     for method in METHODS:
@@ -347,17 +351,17 @@ def build_stages(cfg: PipelineConfig) -> tuple[list[Stage], list[tuple[str, str,
         for kl in kl_strengths(cfg, method):
             name = run_name(cfg, method, kl)
             if method == "dpo":
-                stages.append(Stage(name, partial(dpo_stage, cfg, kl), settings | {"kl": kl}, reads=("label",), estimate_s=est["dpo"], budget_s=budget["dpo"]))
+                stages.append(Stage(name, partial(dpo_stage, cfg, kl), settings | {"kl": kl}, reads=("label",), **timed("dpo")))
             else:
                 online = settings | {"kl": kl, "max_new_tokens": cfg.sample.max_new_tokens}
-                stages.append(Stage(name, partial(online_stage, cfg, method, kl), online, reads=("prompts", "rm"), estimate_s=est[method], budget_s=budget[method]))
+                stages.append(Stage(name, partial(online_stage, cfg, method, kl), online, reads=("prompts", "rm"), **timed(method)))
             runs.append((name, method, kl))
     if not runs:
         raise ValueError("every method is disabled (ppo.enabled, grpo.enabled, dpo.enabled): nothing to train")
     evaluated = {k: v for k, v in asdict(cfg.eval).items() if k not in ("report_samples", "smooth")}  # those two only shape the report
     for name, _, _ in runs:
-        stages.append(Stage(f"eval-{name}", partial(eval_stage, cfg, name), {"eval": evaluated, "gold": cfg.feedback.gold}, reads=("prompts", "rm", name), estimate_s=est["eval"]))
+        stages.append(Stage(f"eval-{name}", partial(eval_stage, cfg, name), {"eval": evaluated, "gold": cfg.feedback.gold}, reads=("prompts", "rm", name), **timed("eval")))
     return stages, runs
 
 
-__all__ = ["budgets", "build_stages", "estimates", "kl_strengths", "run_name"]
+__all__ = ["build_stages", "kl_strengths", "run_name", "stage_times"]
