@@ -283,8 +283,9 @@ def test_grpo_two_processes_equal_one(tmp_path):
     the replies, scores and group advantages (each group whole on one process) are the same; the
     token-mean loss uses the token count of both processes, the gradients are summed, and the KL
     the adaptive controller measures is gathered, so both steps (2 epochs each: the second with
-    a ratio != 1) and the weights after them agree. (Per-token ratio metrics such as approx-KL are
-    logged as the mean of each process's token mean, which is not the global token mean: not compared.)"""
+    a ratio != 1) and the weights after them agree; the entropy is a mean over every process's tokens.
+    (Per-token ratio metrics such as approx-KL are logged as the mean of each process's token mean,
+    which is not the global token mean: not compared.)"""
     one = run_online_worker(tmp_path / "one", 1, tmp_path)[0]
     two = run_online_worker(tmp_path / "two", 2, tmp_path)
     for step in range(2):
@@ -293,7 +294,7 @@ def test_grpo_two_processes_equal_one(tmp_path):
         together = interleave_groups([r["advantages"][step] for r in two], 4)
         assert together == pytest.approx(one["advantages"][step], abs=1e-5)
         assert any(abs(a) > 0.1 for a in together)  # groups whose replies scored differently
-    assert_same_run(tmp_path / "one", tmp_path / "two", "model.safetensors", keys=("loss/total", "grad_norm", "reward/mean", "reward/std", "kl/ref", "kl/coef", "advantage/abs_mean"))
+    assert_same_run(tmp_path / "one", tmp_path / "two", "model.safetensors", keys=("loss/total", "grad_norm", "reward/mean", "reward/std", "kl/ref", "kl/coef", "advantage/abs_mean", "policy/entropy"))
 
 
 def test_fsdp_run_killed_and_resumed_equals_uninterrupted(demo_file, tmp_path):
@@ -335,16 +336,20 @@ def test_fsdp_run_killed_and_resumed_equals_uninterrupted(demo_file, tmp_path):
     assert sorted({r["step"] for r in resumed}) == list(range(1, steps + 1))  # both parts of the run logged every step
 
 
+PPO_TOKEN_FIGURES = ("policy/entropy", "value/mean", "value/explained_variance")  # over every process's response tokens
+
+
 def test_ppo_two_processes_equal_one(tmp_path):
     """PPO's advantages are whitened over the whole step's response tokens: with the mean and
     variance summed over both processes (``whiten(sum_over=global_sum)``) the 2-process step equals
-    the 1-process one (replies, value head and policy update); a per-process whitening would not."""
+    the 1-process one (replies, value head and policy update); a per-process whitening would not.
+    The logged entropy, value mean and explained variance are over every process's tokens too."""
 
     one = run_online_worker(tmp_path / "one", 1, tmp_path, "ppo")[0]
     two = run_online_worker(tmp_path / "two", 2, tmp_path, "ppo")
     for step in range(2):
         assert interleave_groups([r["texts"][step] for r in two], 4) == one["texts"][step]
-    assert_same_run(tmp_path / "one", tmp_path / "two", "*.safetensors", keys=("loss/total", "grad_norm", "reward/mean", "kl/ref", "kl/coef"))
+    assert_same_run(tmp_path / "one", tmp_path / "two", "*.safetensors", keys=("loss/total", "grad_norm", "reward/mean", "kl/ref", "kl/coef") + PPO_TOKEN_FIGURES)
 
 
 # ---- placement and refusals (one process) --------------------------------------------------------
@@ -416,7 +421,7 @@ def test_online_fsdp_two_processes_equal_one(tmp_path, algo):
     # RLOO's KL is k1 (lp - ref), whose value at step 1 is 0 up to float32 rounding of the summed
     # log-probs (the reference pass runs on each process's half of the batch): compared to 1e-5 only.
     # GRPO's k3 is quadratic in that difference, so its rounding vanishes and it is compared with the rest.
-    keys = ("loss/total", "grad_norm", "reward/mean", "kl/coef") + (("kl/ref",) if algo == "grpo" else ())
+    keys = ("loss/total", "grad_norm", "reward/mean", "kl/coef", "policy/entropy") + (("kl/ref",) if algo == "grpo" else ())
     assert_same_run(tmp_path / "one", tmp_path / "two", "model.safetensors", keys=keys, mode="fsdp")
     ka, kb = ([r["kl/ref"] for r in records(tmp_path / d, "train")] for d in ("one", "two"))
     assert kb == pytest.approx(ka, abs=1e-5)
@@ -469,6 +474,8 @@ def test_judged_and_ppo_two_processes_equal_one(tmp_path, algo, mode):
     if algo == "nash":
         keys = ("grad_norm", "reward/mean", "win/mixture", "win/reference", "policy/entropy")
         cancelling += ("loss/total", "nash/advantage")
+    if algo == "ppo_critic":
+        keys += PPO_TOKEN_FIGURES
     assert_same_run(tmp_path / "one", tmp_path / "two", "*.safetensors", keys=keys, mode=mode)
     for ra, rb in zip(records(tmp_path / "one", "train"), records(tmp_path / "two", "train")):
         for k in (k for k in cancelling if k in ra or k in rb):

@@ -52,9 +52,9 @@ def test_batch_size_does_not_change_the_completions(tmp_path):
     assert _lines(a) == _lines(b)
 
 
-def test_a_time_budget_stops_after_the_batch_that_crosses_it(tmp_path):
-    """max_seconds=0 is crossed by the first batch: 2 of the 5 prompts are written, the same rows as
-    the unbounded file's first two, and the report says so."""
+def test_a_time_budget_starts_no_batch_that_would_end_past_it(tmp_path):
+    """The first batch always runs; with max_seconds=0 a second one would end past the budget, so 2
+    of the 5 prompts are written, the same rows as the unbounded file's first two."""
     model, tok = tiny_model_and_tokenizer()
     whole, cut = tmp_path / "whole.jsonl", tmp_path / "cut.jsonl"
     sample_file(model, tok, PROMPTS, whole, k=2, settings=SETTINGS, batch_size=2, progress=False)

@@ -215,8 +215,9 @@ def sample_file(
     resuming a file an earlier run over the same prompts, model and settings left unfinished.
     ``batch_size`` is in prompts (each engine call holds ``batch_size * k`` rows).
     ``after_batch(rows_written)`` is called after each flushed batch (tests kill a run there).
-    ``max_seconds`` stops after the batch that crosses that many seconds of sampling, the prompts
-    after it left unsampled (the report's ``written`` says how many were; the caller warns)."""
+    ``max_seconds`` bounds the sampling time: no batch starts that the last one's duration says
+    would end past it (the first always runs); the prompts after the last batch are left unsampled
+    (the report's ``written`` says how many were; the caller warns)."""
     from tether.rollout.engine import SamplingParams, encode_prompts, generate
 
     if k < 1 or batch_size < 1:
@@ -242,6 +243,7 @@ def sample_file(
     try:
         with open(path, "a", encoding="utf-8") as f:
             for lo in range(done, len(values), batch_size):
+                batch_started = time.perf_counter() - start
                 hi = min(lo + batch_size, len(values))
                 ids = encode_prompts(tokenizer, list(prompts[lo:hi]))
                 rows_ids = [p for p in ids for _ in range(k)]  # prompt-major: row i*k + j is completion j of prompt i
@@ -258,8 +260,9 @@ def sample_file(
                 bar.advance(hi - lo)
                 if after_batch is not None:
                     after_batch(done + written)
-                if max_seconds is not None and time.perf_counter() - start >= max_seconds:
-                    break
+                elapsed = time.perf_counter() - start
+                if max_seconds is not None and elapsed + (elapsed - batch_started) > max_seconds:
+                    break  # the next batch, as long as this one, would end past the budget
     finally:
         bar.close()
         model.train(was_training)

@@ -26,7 +26,7 @@ class PipelineSample:
     temperature: float = opt(1.0, "Sampling temperature of the candidates.")
     seed: int = opt(0, "Sampling seed.")
     batch_size: int = opt(8, "Prompts per generation call.")
-    max_minutes: float | None = opt(3.0, "Stop sampling after the batch that crosses this many minutes; the prompts after it go unsampled, with a warning (null: sample every prompt). A slow machine gets fewer candidates, not a longer run.")
+    max_minutes: float | None = opt(3.0, "Minutes of sampling at most: no batch starts that would end past them (judged by the last batch's time); the prompts left go unsampled, with a warning (null: sample every prompt). A slow machine gets fewer candidates, not a longer run.")
 
 
 @dataclass

@@ -132,6 +132,20 @@ def load_value_head(directory: str | Path) -> ValueHead:
     return head
 
 
+def token_figures(entropy: torch.Tensor, values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """The step's entropy, value mean and explained variance over every process's response tokens.
+    The masked tokens are gathered (a few thousand floats), so the figures are those of one process
+    holding the whole batch: a mean of per-process means would weigh a process's tokens by how many
+    its neighbours hold, and a variance does not average at all."""
+    from tether.losses.value import explained_variance
+    from tether.parallel import gather_rows
+
+    tokens = gather_rows(torch.stack([entropy, values, returns], dim=-1)[mask.bool()])  # [M over processes, 3]
+    ent, val, ret = tokens.double().unbind(-1)  # [M] each
+    every = torch.ones_like(val, dtype=torch.bool)
+    return {"policy/entropy": float(ent.mean()) if len(ent) else 0.0, "value/explained_variance": float(explained_variance(val, ret, every)), "value/mean": float(val.mean()) if len(val) else 0.0}
+
+
 def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
     """Train with PPO; saves ``<output_dir>/model`` (+ value head) and returns the summary rows.
 
@@ -140,7 +154,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
     """
     from tether.losses.policy import ppo_clip_loss
     from tether.losses.reduce import masked_mean, token_mean_global
-    from tether.losses.value import clipped_value_loss, explained_variance
+    from tether.losses.value import clipped_value_loss
     from tether.models import save_model
     from tether.rl.advantages import gae, kl_penalized_rewards, whiten
     from tether.trainers.common import build_optimizer, build_scheduler, ensure_finite, trainable_parameters
@@ -148,7 +162,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
     from tether.trainers.online.rollout import collect
     from tether.trainers.online.run import StepState, Timer, make_kl_controller, rollout_metrics, start_run
     from tether.parallel import barrier, device, global_sum, is_main, sum_metrics, world
-    from tether.trainers.online.update import UpdateMeans, global_tokens, mean_over_processes, minibatches, optimizer_step, single_update
+    from tether.trainers.online.update import UpdateMeans, global_tokens, minibatches, optimizer_step, single_update
 
     started = time.time()
     t, p = cfg.train, cfg.ppo
@@ -226,9 +240,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
         metrics.update(rollout_metrics(rollout, scores, kl if ref_lp is not None else None, got.gold))
         metrics.update(got.extras)
         metrics.update(timer.metrics())
-        # Per-process figures, averaged over processes (each holds as many responses).
-        local = {"policy/entropy": masked_mean(entropy, mask), "value/explained_variance": explained_variance(old_values, returns, mask), "value/mean": masked_mean(old_values, mask)}
-        metrics.update(mean_over_processes(local))
+        metrics.update(token_figures(entropy, old_values, returns, mask))
         metrics.update({"kl/coef": kl_ctl.value, "updates": float(means.updates), "early_stopped": float(early_stop)})
         if state.end_step(step, metrics, len(rollout.texts)):
             break

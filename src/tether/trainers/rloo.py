@@ -43,7 +43,7 @@ def run_rloo(cfg: RLOOConfig, reward_source=None, gold_source=None) -> dict:
     ``reward.source`` / ``reward.gold`` when given (Python callers, tests).
     """
     from tether.losses.policy import ppo_clip_loss
-    from tether.losses.reduce import masked_mean, token_mean_global
+    from tether.losses.reduce import token_mean_global
     from tether.rl.advantages import leave_one_out_advantages
     from tether.rl.kl import kl_estimate
     from tether.trainers.common import build_optimizer, build_scheduler, ensure_finite
@@ -91,12 +91,13 @@ def run_rloo(cfg: RLOOConfig, reward_source=None, gold_source=None) -> dict:
                     logprobs, entropy = run.shards.run(policy_logprobs, sub, temperature, chunk, True)  # [b, Tr]; through the FSDP root when sharded
                     old = None if one_update else old_lp[rows]
                     losses, lm = ppo_clip_loss(logprobs, old, advantages[rows], m, clip_eps=r.clip_eps)  # [b, Tr]
-                    loss = token_mean_global(losses, m, global_tokens(m))  # all processes' tokens: the step equals one process's
+                    tokens = global_tokens(m)  # the minibatch's response tokens over all processes
+                    loss = token_mean_global(losses, m, tokens)  # all processes' tokens: the step equals one process's
                     ensure_finite(loss.detach(), step + 1)
                     piece = {
                         "grad_norm": optimizer_step(loss, params, optimizer, t.max_grad_norm, run.shards),
                         "loss/total": loss.detach(),
-                        "policy/entropy": masked_mean(entropy, m),
+                        "policy/entropy": token_mean_global(entropy, m, tokens),  # this process's share, summed over processes
                     }
                     if not one_update:  # else the ratio is 1: both 0 by construction
                         piece["policy/approx_kl"] = lm["approx_kl"]

@@ -72,11 +72,12 @@ class UpdateMeans:
     """Means over a step's updates of what each update reports (grad norm, losses, ratio metrics).
 
     Values may be tensors: they are summed where they are and brought to the host once, in
-    ``means``. Under torchrun ``loss/total`` is each process's part of the global token mean
-    (divided by the global token count), so it is summed over processes; every other value is a
-    per-process figure (the grad norm is the same everywhere) and is averaged over them."""
+    ``means``. Under torchrun ``loss/total`` and ``policy/entropy`` are each process's part of the
+    global token mean (divided by the global token count), so they are summed over processes; every
+    other value is a per-process figure (the grad norm is the same everywhere) and is averaged over
+    them (``policy/approx_kl`` and ``policy/clip_frac`` too: means of per-process token means)."""
 
-    SUMMED_OVER_PROCESSES = ("loss/total",)
+    SUMMED_OVER_PROCESSES = ("loss/total", "policy/entropy")
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor | float] = {}
