@@ -197,3 +197,12 @@ def test_a_method_without_a_time_budget_replaces_the_trainer_presets_budget(meth
         cfg = load_pipeline_config(None, [f"{method}.max_minutes={minutes}"])
         trainer = load_config(config_class, preset, budget_overrides(getattr(cfg, method)))
         assert trainer.train.max_minutes == expected
+
+
+def test_the_config_defaults_are_the_bundled_experiment():
+    """A YAML of one's own that leaves a key out inherits pipeline_sentiment.yaml's value."""
+    from dataclasses import asdict
+
+    from tether.pipeline.config import PipelineConfig
+
+    assert asdict(PipelineConfig()) == asdict(load_pipeline_config(None, []))

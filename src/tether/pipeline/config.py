@@ -15,7 +15,7 @@ from tether.config import ModelConfig, opt
 @dataclass
 class PipelineData:
     prompts: str = opt("bundled:review_prompts", "Prompts of the task (prompt records or bundled:<name>).")
-    eval_prompts: int = opt(16, "Prompts held out from every stage but the evaluation (a fixed, seeded pick, the online trainers' data.eval_prompts).")
+    eval_prompts: int = opt(32, "Prompts held out from every stage but the evaluation (a fixed, seeded pick, the online trainers' data.eval_prompts).")
     split_seed: int = opt(1234, "Seed of the held-out pick.")
 
 
@@ -25,8 +25,8 @@ class PipelineSample:
     max_new_tokens: int = opt(32, "Tokens per candidate at most (short replies keep every stage cheap on CPU).")
     temperature: float = opt(1.0, "Sampling temperature of the candidates.")
     seed: int = opt(0, "Sampling seed.")
-    batch_size: int = opt(8, "Prompts per generation call.")
-    max_minutes: float | None = opt(3.0, "Minutes of sampling at most: no batch starts that would end past them (judged by the last batch's time); the prompts left go unsampled, with a warning (null: sample every prompt). A slow machine gets fewer candidates, not a longer run.")
+    batch_size: int = opt(16, "Prompts per generation call.")
+    max_minutes: float | None = opt(2.5, "Minutes of sampling at most: no batch starts that would end past them (judged by the last batch's time); the prompts left go unsampled, with a warning (null: sample every prompt). A slow machine gets fewer candidates, not a longer run.")
 
 
 @dataclass
@@ -42,12 +42,12 @@ class PipelineFeedback:
 
 @dataclass
 class PipelineRM:
-    steps: int = opt(30, "Optimizer steps of the reward model.")
-    batch_size: int = opt(8, "Pairs per step.")
+    steps: int = opt(80, "Optimizer steps of the reward model.")
+    batch_size: int = opt(16, "Pairs per step.")
     lr: float = opt(1e-3, "Learning rate (LoRA).")
     lora_r: int = opt(16, "LoRA rank (alpha = 2r).")
     pooling: str = opt("mean", "rm.pooling: mean over the reply's tokens learns sentiment faster than the last token.")
-    max_minutes: float | None = opt(2.5, "Stop the reward model's training after the step that crosses this many minutes (its train.max_minutes; null: steps alone bound it).")
+    max_minutes: float | None = opt(2.0, "Stop the reward model's training after the step that crosses this many minutes (its train.max_minutes; null: steps alone bound it).")
     layers: int = opt(6, "rm.layers: the reward model reads the backbone's first N layers (0: all). Sentiment is lexical: 6 of 30 layers held out as well as all 30 here, at a fifth of the cost per step.")
     extra: list[str] = opt([], "More RMConfig overrides (key=value) passed to the reward-model trainer.")
 
@@ -95,9 +95,10 @@ class PipelineConfig:
     sample: PipelineSample = field(default_factory=PipelineSample)
     feedback: PipelineFeedback = field(default_factory=PipelineFeedback)
     rm: PipelineRM = field(default_factory=PipelineRM)
-    ppo: PipelineMethod = _method(steps=30, lr=3e-4, kl=0.05, sweep=[0.01, 0.2])
-    grpo: PipelineMethod = _method(steps=30, lr=3e-4, kl=0.04, sweep=[0.005, 0.2])
-    dpo: PipelineMethod = _method(steps=24, lr=2e-4, kl=0.1, max_minutes=None, sweep=[0.03, 0.5])
+    # The defaults are configs/pipeline_sentiment.yaml's, so a YAML of one's own inherits that experiment.
+    ppo: PipelineMethod = _method(steps=30, max_minutes=3.0, lr=1e-3, kl=0.05, sweep=[0.01, 0.2])
+    grpo: PipelineMethod = _method(steps=30, max_minutes=2.25, lr=1e-3, kl=0.04, sweep=[0.005, 0.2])
+    dpo: PipelineMethod = _method(steps=30, max_minutes=2.25, lr=6e-4, kl=0.1, sweep=[0.03, 0.5])
     eval: PipelineEval = field(default_factory=PipelineEval)
     run: PipelineRun = field(default_factory=PipelineRun)
 
