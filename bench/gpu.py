@@ -168,7 +168,7 @@ def bench_dpo(model, args, device, peak) -> dict:
         examples.append(Example([(chosen, args.prompt), (rejected, args.prompt)], {"ref_logps": [-float(half), -float(half)]}))
     reference = ReferencePolicy("cached", model, args.chunk)
     layout = Layout(args.dpo_layout)
-    objective = PreferenceObjective("dpo", {"beta": 0.1, "label_smoothing": 0.0, "gamma": 0.0, "alpha": 0.0, "desirable_weight": 1.0, "undesirable_weight": 1.0}, reference, 0, layout, half, args.chunk)
+    objective = PreferenceObjective("dpo", {"beta": 0.1}, reference, 0, layout, half, args.chunk)
     seconds = timed_steps(model, objective, examples, args.micro, args.steps, args.warmup, device)
     tokens = args.batch * 2 * half  # tokens fed (padded layout: the prompt runs once per sequence)
     if layout is Layout.SHARED_PROMPT:
