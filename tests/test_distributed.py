@@ -283,9 +283,8 @@ def test_grpo_two_processes_equal_one(tmp_path):
     the replies, scores and group advantages (each group whole on one process) are the same; the
     token-mean loss uses the token count of both processes, the gradients are summed, and the KL
     the adaptive controller measures is gathered, so both steps (2 epochs each: the second with
-    a ratio != 1) and the weights after them agree; the entropy is a mean over every process's tokens.
-    (Per-token ratio metrics such as approx-KL are logged as the mean of each process's token mean,
-    which is not the global token mean: not compared.)"""
+    a ratio != 1) and the weights after them agree; the entropy, approx-KL and clip fraction are
+    means over every process's tokens, as on one process."""
     one = run_online_worker(tmp_path / "one", 1, tmp_path)[0]
     two = run_online_worker(tmp_path / "two", 2, tmp_path)
     for step in range(2):
@@ -294,7 +293,7 @@ def test_grpo_two_processes_equal_one(tmp_path):
         together = interleave_groups([r["advantages"][step] for r in two], 4)
         assert together == pytest.approx(one["advantages"][step], abs=1e-5)
         assert any(abs(a) > 0.1 for a in together)  # groups whose replies scored differently
-    assert_same_run(tmp_path / "one", tmp_path / "two", "model.safetensors", keys=("loss/total", "grad_norm", "reward/mean", "reward/std", "kl/ref", "kl/coef", "advantage/abs_mean", "policy/entropy"))
+    assert_same_run(tmp_path / "one", tmp_path / "two", "model.safetensors", keys=("loss/total", "grad_norm", "reward/mean", "reward/std", "kl/ref", "kl/coef", "advantage/abs_mean", "policy/entropy", "policy/approx_kl", "policy/clip_frac"))
 
 
 def test_fsdp_run_killed_and_resumed_equals_uninterrupted(demo_file, tmp_path):
@@ -336,7 +335,8 @@ def test_fsdp_run_killed_and_resumed_equals_uninterrupted(demo_file, tmp_path):
     assert sorted({r["step"] for r in resumed}) == list(range(1, steps + 1))  # both parts of the run logged every step
 
 
-PPO_TOKEN_FIGURES = ("policy/entropy", "value/mean", "value/explained_variance")  # over every process's response tokens
+# over every process's response tokens
+PPO_TOKEN_FIGURES = ("policy/entropy", "value/mean", "value/explained_variance", "loss/policy", "loss/value", "policy/approx_kl", "policy/clip_frac", "value/clip_frac")
 
 
 def test_ppo_two_processes_equal_one(tmp_path):

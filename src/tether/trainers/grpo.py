@@ -59,7 +59,7 @@ def run_grpo(cfg: GRPOConfig, reward_source=None, gold_source=None) -> dict:
     from tether.trainers.online.batch import ResponseBatch, policy_logprobs
     from tether.trainers.online.rollout import collect
     from tether.trainers.online.run import StepState, Timer, make_kl_controller, rollout_metrics, start_run
-    from tether.trainers.online.update import UpdateMeans, global_tokens, group_metrics, minibatches, optimizer_step, single_update
+    from tether.trainers.online.update import UpdateMeans, global_tokens, group_metrics, minibatches, optimizer_step, single_update, token_share
 
     started = time.time()
     t, g = cfg.train, cfg.grpo
@@ -111,8 +111,8 @@ def run_grpo(cfg: GRPOConfig, reward_source=None, gold_source=None) -> dict:
                         "policy/entropy": token_mean_global(entropy, m, tokens),  # this process's share, summed over processes
                     }
                     if not one_update:  # else the ratio is 1: both 0 by construction
-                        piece["policy/approx_kl"] = lm["approx_kl"]
-                        piece["policy/clip_frac"] = lm["clipfrac"]
+                        piece["policy/approx_kl"] = token_share(lm["approx_kl"], m, tokens)
+                        piece["policy/clip_frac"] = token_share(lm["clipfrac"], m, tokens)
                     means.add(piece)
             metrics = means.means()
             metrics["lr"] = optimizer.param_groups[0]["lr"]

@@ -153,7 +153,7 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
     ``reward.source`` / ``reward.gold`` when given (Python callers, tests).
     """
     from tether.losses.policy import ppo_clip_loss
-    from tether.losses.reduce import masked_mean, token_mean_global
+    from tether.losses.reduce import token_mean_global
     from tether.losses.value import clipped_value_loss
     from tether.models import save_model
     from tether.rl.advantages import gae, kl_penalized_rewards, whiten
@@ -161,8 +161,8 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
     from tether.trainers.online.batch import ResponseBatch, entropy_surrogate
     from tether.trainers.online.rollout import collect
     from tether.trainers.online.run import StepState, Timer, make_kl_controller, rollout_metrics, start_run
-    from tether.parallel import barrier, device, global_sum, is_main, sum_metrics, world
-    from tether.trainers.online.update import UpdateMeans, global_tokens, minibatches, optimizer_step, single_update
+    from tether.parallel import barrier, device, global_sum, is_main, sum_metrics
+    from tether.trainers.online.update import UpdateMeans, global_tokens, minibatches, optimizer_step, single_update, token_share
 
     started = time.time()
     t, p = cfg.train, cfg.ppo
@@ -215,20 +215,22 @@ def run_ppo(cfg: PPOConfig, reward_source=None, gold_source=None) -> dict:
                     per_token = pg_losses + p.vf_coef * v_losses  # [b, Tr]
                     if p.entropy_coef:
                         per_token = per_token - p.entropy_coef * entropy_surrogate(logprobs)
-                    loss = token_mean_global(per_token, m, global_tokens(m))
+                    tokens = global_tokens(m)  # the minibatch's response tokens over all processes
+                    loss = token_mean_global(per_token, m, tokens)
                     ensure_finite(loss.detach(), step + 1)
+                    # Token means as this process's shares of the means over every process's tokens (summed in UpdateMeans).
                     piece = {
                         "grad_norm": optimizer_step(loss, params, optimizer, t.max_grad_norm, run.shards),
                         "loss/total": loss.detach(),
-                        "loss/policy": masked_mean(pg_losses.detach(), m),
-                        "loss/value": masked_mean(v_losses.detach(), m),
-                        "policy/approx_kl": pg_metrics["approx_kl"],
-                        "policy/clip_frac": pg_metrics["clipfrac"],
-                        "value/clip_frac": v_metrics["value/clipfrac"],
+                        "loss/policy": token_mean_global(pg_losses.detach(), m, tokens),
+                        "loss/value": token_mean_global(v_losses.detach(), m, tokens),
+                        "policy/approx_kl": token_share(pg_metrics["approx_kl"], m, tokens),
+                        "policy/clip_frac": token_share(pg_metrics["clipfrac"], m, tokens),
+                        "value/clip_frac": token_share(v_metrics["value/clipfrac"], m, tokens),
                     }
                     means.add({k: v for k, v in piece.items() if ratio_metrics or k not in ("policy/approx_kl", "policy/clip_frac")})
-                    # Every process must take the same decision: the approx-KL averaged over processes.
-                    if p.target_kl is not None and sum_metrics({"a": piece["policy/approx_kl"]})["a"] / world().size > p.target_kl:
+                    # Every process must take the same decision: the approx-KL over every process's tokens.
+                    if p.target_kl is not None and sum_metrics({"a": piece["policy/approx_kl"]})["a"] > p.target_kl:
                         early_stop = True
                         break
                 if early_stop:

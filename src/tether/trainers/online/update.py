@@ -43,6 +43,14 @@ def global_tokens(mask: torch.Tensor) -> torch.Tensor:
     return global_sum(mask.sum()).clamp(min=1)
 
 
+def token_share(local_mean: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """This process's share of a mean over every process's tokens, from its own token mean (a loss
+    function's masked-mean metric): local mean x local tokens / ``tokens`` (``global_tokens``).
+    Summed over processes it is the global token mean; a mean of the per-process means is not,
+    when the processes hold different numbers of tokens."""
+    return local_mean.detach() * mask.sum() / tokens
+
+
 def optimizer_step(loss: torch.Tensor, params, optimizer, max_grad_norm: float, shards=None) -> torch.Tensor:
     """Backward, sum the gradients over processes, clip to ``max_grad_norm`` (<= 0: only measure),
     step and clear; returns the norm before clipping (a tensor: no host sync here). ``shards``:
@@ -72,12 +80,12 @@ class UpdateMeans:
     """Means over a step's updates of what each update reports (grad norm, losses, ratio metrics).
 
     Values may be tensors: they are summed where they are and brought to the host once, in
-    ``means``. Under torchrun ``loss/total`` and ``policy/entropy`` are each process's part of the
-    global token mean (divided by the global token count), so they are summed over processes; every
-    other value is a per-process figure (the grad norm is the same everywhere) and is averaged over
-    them (``policy/approx_kl`` and ``policy/clip_frac`` too: means of per-process token means)."""
+    ``means``. Under torchrun the token means (the losses, entropy, approx-KL, clip fractions) are
+    each process's part of the mean over every process's tokens (``token_share``), so they are
+    summed over processes; every other value is a per-process figure (the grad norm is the same
+    everywhere) and is averaged over them."""
 
-    SUMMED_OVER_PROCESSES = ("loss/total", "policy/entropy")
+    SUMMED_OVER_PROCESSES = ("loss/total", "loss/policy", "loss/value", "policy/entropy", "policy/approx_kl", "policy/clip_frac", "value/clip_frac")
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor | float] = {}
@@ -103,4 +111,4 @@ def group_metrics(scores: torch.Tensor, advantages: torch.Tensor, group: int) ->
     }
 
 
-__all__ = ["UpdateMeans", "check_online_split", "global_tokens", "group_metrics", "mean_over_processes", "minibatches", "optimizer_step", "single_update"]
+__all__ = ["UpdateMeans", "check_online_split", "global_tokens", "group_metrics", "mean_over_processes", "minibatches", "optimizer_step", "single_update", "token_share"]
