@@ -96,7 +96,7 @@ class PipelineConfig:
     feedback: PipelineFeedback = field(default_factory=PipelineFeedback)
     rm: PipelineRM = field(default_factory=PipelineRM)
     # The defaults are configs/pipeline_sentiment.yaml's, so a YAML of one's own inherits that experiment.
-    ppo: PipelineMethod = _method(steps=30, max_minutes=3.0, lr=1e-3, kl=0.05, sweep=[0.01, 0.2])
+    ppo: PipelineMethod = _method(steps=30, max_minutes=3.0, lr=1e-3, kl=0.05, sweep=[0.01, 0.2], extra=["train.prompts_per_step=8", "train.minibatch_size=8"])
     grpo: PipelineMethod = _method(steps=30, max_minutes=2.25, lr=1e-3, kl=0.04, sweep=[0.005, 0.2])
     dpo: PipelineMethod = _method(steps=30, max_minutes=2.25, lr=6e-4, kl=0.1, sweep=[0.03, 0.5])
     eval: PipelineEval = field(default_factory=PipelineEval)
