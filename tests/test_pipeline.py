@@ -206,3 +206,20 @@ def test_the_config_defaults_are_the_bundled_experiment():
     from tether.pipeline.config import PipelineConfig
 
     assert asdict(PipelineConfig()) == asdict(load_pipeline_config(None, []))
+
+
+def test_a_sampling_budget_that_runs_out_is_reported(tmp_path):
+    """sample.max_minutes=0: the first batch of 2 prompts runs, the other 3 go unsampled, and the
+    stage says so in a warning and in its result."""
+    from types import SimpleNamespace
+
+    from tether.pipeline.experiment import sample_stage
+
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"prompt": f"Review film {i}."}) + "\n" for i in range(5)))
+    cfg = load_pipeline_config(None, ["model.name_or_path=tiny", "sample.max_minutes=0", "sample.batch_size=2", "sample.k=2", "sample.max_new_tokens=4", "run.threads=1"])
+    notes = []
+    ctx = SimpleNamespace(out=tmp_path, inputs={"prompts": SimpleNamespace(dir=tmp_path)}, report=notes.append)
+    result = sample_stage(cfg, ctx)
+    assert result == {"prompts": 2, "unsampled_prompts": 3, "completions": 4}
+    assert len((tmp_path / "samples.jsonl").read_text().splitlines()) == 2
+    assert any(n.startswith("warning: sample.max_minutes=0") and "the other 3 get no candidates" in n for n in notes), notes

@@ -85,12 +85,13 @@ def sample_stage(cfg: PipelineConfig, ctx: StageContext) -> dict:
     report = sample_file(
         model, tokenizer, prompts, ctx.out / "samples.jsonl", k=s.k, settings=settings, batch_size=s.batch_size, model_name=cfg.model.name_or_path, max_seconds=budget_s
     )
-    if report.written < report.prompts:
+    sampled = report.resumed + report.written  # the rows in samples.jsonl (a stage starts empty, so resumed is 0 here)
+    if sampled < report.prompts:
         ctx.report(
-            f"warning: sample.max_minutes={s.max_minutes} ran out after {report.written} of {report.prompts} training prompts "
-            f"({report.seconds:.0f} s); the other {report.prompts - report.written} get no candidates (sample.max_minutes=null samples them all)"
+            f"warning: sample.max_minutes={s.max_minutes} ran out after {sampled} of {report.prompts} training prompts "
+            f"({report.seconds:.0f} s); the other {report.prompts - sampled} get no candidates (sample.max_minutes=null samples them all)"
         )
-    return {"prompts": report.written, "unsampled_prompts": report.prompts - report.written, "completions": report.written * s.k}
+    return {"prompts": sampled, "unsampled_prompts": report.prompts - sampled, "completions": sampled * s.k}
 
 
 def _gold_gaps(gold, prompts: list[str], first: list[str], second: list[str]) -> list[float]:
